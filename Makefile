@@ -1,0 +1,44 @@
+# The two commands a new user types: `make run` and `make test`.
+# Both create .venv when it is missing and install the pinned dependencies into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.pastflow-installed
+CORES  ?= 2
+# Rules call the `pastflow` command of this venv.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --printshellcmds
+
+.PHONY: run test bench report lint clean help
+
+help:
+	@echo "make run    set up .venv and run the default workflow (simulated cohort) -> results/, results/report.html"
+	@echo "make test   set up .venv and run the test suite"
+	@echo "make bench  set up .venv and run the benchmarks -> results/bench/*.json"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the pins change.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(SNAKEMAKE)
+	$(SNAKEMAKE) --report results/report.html
+	@echo "Done: results/ and results/report.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs tests --ignore=tests/benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q -s tests/benchmarks
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check workflow/
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,57 @@
+"""QC: thresholds applied, counts kept raw, HVGs found where the variance is."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from pastflow.errors import InputError
+from pastflow.qc import QCThresholds, run_qc
+
+
+def make_table(n_cells=300, n_genes=60, seed=0):
+    rng = np.random.default_rng(seed)
+    # Ten genes switch between two cell groups at the same mean as the constant genes, so
+    # only their over-dispersion can single them out.
+    means = np.full((n_cells, n_genes), 5.0)
+    means[: n_cells // 2, :10] = 9.5
+    means[n_cells // 2 :, :10] = 0.5
+    counts = rng.poisson(means).astype(np.float32)
+    counts[:5] = 0  # empty cells, to be filtered
+    adata = ad.AnnData(sp.csr_matrix(counts))
+    adata.var_names = [f"G{i}" for i in range(n_genes)]
+    adata.obs_names = [f"c{i}" for i in range(n_cells)]
+    return adata
+
+
+def test_filters_normalises_and_keeps_raw_counts():
+    raw = make_table()
+    out = run_qc(raw, QCThresholds(min_counts=10, min_genes=5, min_cells=3, n_top_genes=10))
+    assert out.n_obs == 295  # the 5 empty cells are gone
+    assert np.allclose(out.layers["counts"].toarray(), raw[5:].X.toarray())
+    # log1p of median-normalised counts: every cell sums to the same before the log
+    totals = np.expm1(out.X.toarray()).sum(axis=1)
+    assert np.allclose(totals, np.median(raw[5:].X.toarray().sum(axis=1)), rtol=1e-4)
+    hvg = set(out.var_names[out.var["highly_variable"]])
+    assert hvg == {f"G{i}" for i in range(10)}
+    assert out.uns["pastflow"]["qc"]["cells_out"] == 295
+
+
+def test_no_cell_passing_is_a_clear_error():
+    with pytest.raises(InputError, match="no cell passes QC"):
+        run_qc(make_table(), QCThresholds(min_counts=10**6), source="s.zarr")
+
+
+def test_nan_counts_are_refused():
+    raw = make_table()
+    raw.X = raw.X.toarray()
+    raw.X[3, 4] = np.nan
+    with pytest.raises(InputError, match="s.zarr: 1 NaN or infinite counts"):
+        run_qc(raw, source="s.zarr")
+
+
+def test_he_only_table_has_nothing_to_qc():
+    with pytest.raises(InputError, match="no genes"):
+        run_qc(ad.AnnData(np.zeros((10, 0), dtype=np.float32)))

@@ -1,0 +1,91 @@
+"""Sample sheet and config validation: a bad sheet fails with the line and the column."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from pastflow.errors import InputError
+from pastflow.sheet import load_sample_sheet, validate_config
+
+HEADER = "sample\tpatient\ttechnology\tdata\timage\talignment\tsplit\n"
+
+
+def write_sheet(tmp_path, *rows):
+    path = tmp_path / "samples.tsv"
+    path.write_text(HEADER + "".join("\t".join(r) + "\n" for r in rows))
+    return path
+
+
+def test_default_sheet_and_config_are_valid(repo_root):
+    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    validate_config(config)
+    sheet = load_sample_sheet(repo_root / config["samples"], check_paths=False)
+    assert len(sheet) >= 4
+    assert set(sheet["split"]) >= {"train", "test"}
+    assert {"xenium", "visium"} <= set(sheet["technology"])
+
+
+def test_paths_resolve_against_data_root(tmp_path):
+    (tmp_path / "img.tif").write_bytes(b"x")
+    path = write_sheet(tmp_path, ["s1", "p1", "he_only", "", "img.tif", "", "test"])
+    sheet = load_sample_sheet(path, data_root=tmp_path)
+    assert sheet.loc["s1", "image"] == str(tmp_path / "img.tif")
+    assert sheet.loc["s1", "data"] == ""
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (["s 1", "p1", "he_only", "", "x", "", "test"], "line 2 (sample 's 1'), column 'sample'"),
+        (["s1", "p1", "merfish", "", "x", "", "test"], "column 'technology'"),
+        (["s1", "p1", "he_only", "", "x", "", "holdout"], "column 'split'"),
+        (["s1", "p1", "xenium", "d", "x", "", "train"], "column 'alignment': required"),
+        (["../etc", "p1", "he_only", "", "x", "", "test"], "not a safe name"),
+    ],
+)
+def test_bad_rows_name_line_and_column(tmp_path, row, expected):
+    path = write_sheet(tmp_path, row)
+    with pytest.raises(InputError) as err:
+        load_sample_sheet(path, check_paths=False)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_duplicate_sample_names_first_line(tmp_path):
+    row = ["s1", "p1", "he_only", "", "x", "", "test"]
+    path = write_sheet(tmp_path, row, ["s2", "p1", "he_only", "", "x", "", "test"], row)
+    with pytest.raises(InputError, match=r"line 4 .*duplicate sample id \(first on line 2\)"):
+        load_sample_sheet(path, check_paths=False)
+
+
+def test_missing_path_is_named(tmp_path):
+    path = write_sheet(tmp_path, ["s1", "p1", "he_only", "", "nope.svs", "", "test"])
+    with pytest.raises(InputError, match=r"column 'image': path does not exist: .*nope.svs"):
+        load_sample_sheet(path, data_root=tmp_path)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("", "sample sheet is empty"),
+    (HEADER, "header but no samples"),
+    ("sample\tpatient\n", "missing column"),
+])
+def test_empty_or_malformed_sheets(tmp_path, content, expected):
+    path = tmp_path / "samples.tsv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=expected):
+        load_sample_sheet(path)
+
+
+def test_config_errors_name_the_key(repo_root):
+    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    bad = copy.deepcopy(config)
+    bad["patches"]["mpp"] = -1
+    with pytest.raises(InputError, match="key 'patches.mpp'"):
+        validate_config(bad, source="config.yaml")
+    bad = copy.deepcopy(config)
+    bad["typo_key"] = 1
+    with pytest.raises(InputError, match="typo_key"):
+        validate_config(bad)

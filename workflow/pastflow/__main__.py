@@ -1,0 +1,5 @@
+import sys
+
+from pastflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""Names shared between stages: sample-sheet columns and what an ingested sample holds.
+
+Every ingested sample is one SpatialData zarr (``results/ingest/{sample}.zarr``) with
+
+- ``images["he"]``: the H&E (RGB, ``c, y, x``), in H&E level-0 pixels (the ``he_pixels``
+  coordinate system; identity transform);
+- ``shapes["cells"]``: cell (or spot / bin) shapes in ``he_pixels``;
+- ``tables["table"]``: an AnnData, one row per cell (or spot / bin), ``X`` raw counts
+  (CSR float32; ``n x 0`` for H&E-only slides), ``obs`` columns listed in :data:`OBS_COLUMNS`,
+  ``obsm["spatial"]`` = ``[x_px, y_px]``, and ``uns["pastflow"]`` holding the keys of
+  :data:`UNS_KEYS`.
+
+``vendor_to_he`` is the 3x3 affine (row-major list) that maps vendor coordinates
+``[x, y, 1]`` (microns for Xenium and Visium HD, full-resolution pixels for Visium and legacy
+ST) to H&E level-0 pixels; it is stored with the data, never implied.
+"""
+
+TECHNOLOGIES = ("xenium", "visium", "visium_hd", "legacy_st", "he_only")
+SPLITS = ("train", "val", "test")
+
+# Sample sheet (config/samples.tsv). Paths are relative to config["data_root"] unless absolute.
+#   data:      xenium: the output bundle folder; visium: Space Ranger `outs/`;
+#              visium_hd: Space Ranger HD `outs/`; legacy_st: counts `.tsv(.gz)`;
+#              he_only: empty (the slide is `image`)
+#   image:     the full-resolution H&E (OME-TIFF, vendor WSI, TIFF, JPEG or PNG)
+#   alignment: xenium: `*_he_imagealignment.csv`; legacy_st: the spot `*_selection.tsv`;
+#              otherwise empty
+SHEET_COLUMNS = ("sample", "patient", "technology", "data", "image", "alignment", "split")
+
+OBS_COLUMNS = ("cell_id", "sample", "patient", "x_px", "y_px", "x_vendor", "y_vendor")
+
+UNS_KEYS = (
+    "technology",   # one of TECHNOLOGIES
+    "sample",
+    "patient",
+    "slide_path",   # absolute path of the H&E file the patches stage reads (the vendor pyramid)
+    "mpp",          # microns per H&E level-0 pixel
+    "vendor_to_he",  # 3x3 affine, vendor space -> H&E level-0 pixels
+    "vendor_space",  # "microns" or "fullres_pixels" or "he_pixels"
+    "unit_diameter_um",  # cell ~ 10, Visium spot 55, HD bin 8, legacy ST spot 100
+)
+
+IMAGE_KEY = "he"
+SHAPES_KEY = "cells"
+TABLE_KEY = "table"
+HE_SPACE = "he_pixels"

@@ -1,0 +1,51 @@
+"""Per-sample QC figures: counts and genes per cell, and counts mapped over the H&E."""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pastflow.qc.filter import QCThresholds  # noqa: E402
+
+
+def plot_qc_distributions(raw: ad.AnnData, thresholds: QCThresholds, sample: str, path) -> None:
+    """Histograms of total counts and detected genes per cell, thresholds marked.
+
+    ``raw`` is the unfiltered table with ``calculate_qc_metrics`` columns in ``obs``.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    panels = [("total_counts", thresholds.min_counts, "total counts per cell"),
+              ("n_genes_by_counts", thresholds.min_genes, "genes detected per cell")]
+    for ax, (column, cut, label) in zip(axes, panels):
+        values = raw.obs[column].to_numpy()
+        ax.hist(values, bins=60, color="#4c72b0")
+        ax.axvline(cut, color="#c44e52", ls="--", label=f"threshold {cut}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("cells")
+        ax.legend(frameon=False)
+    fig.suptitle(f"{sample}: {raw.n_obs} cells, {int((raw.obs['total_counts'] >= thresholds.min_counts).sum())}"
+                 f" with >= {thresholds.min_counts} counts")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_qc_spatial(raw: ad.AnnData, thumbnail: np.ndarray, downsample: float, sample: str,
+                    path) -> None:
+    """Total counts per cell (log10 colour) over the H&E thumbnail, in H&E pixel space."""
+    h, w = thumbnail.shape[:2]
+    fig, ax = plt.subplots(figsize=(7, 7 * h / w + 0.6), constrained_layout=True)
+    ax.imshow(thumbnail)
+    x = raw.obs["x_px"].to_numpy() / downsample
+    y = raw.obs["y_px"].to_numpy() / downsample
+    counts = np.log10(1 + raw.obs["total_counts"].to_numpy())
+    size = max(1.0, 4000 / max(raw.n_obs, 1))
+    points = ax.scatter(x, y, c=counts, s=size, cmap="viridis", alpha=0.8, linewidths=0)
+    fig.colorbar(points, ax=ax, shrink=0.7, label="log10(1 + total counts)")
+    ax.set_title(f"{sample}: counts per cell over the H&E ({raw.n_obs} units)")
+    ax.set_axis_off()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

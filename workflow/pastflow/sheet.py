@@ -1,0 +1,116 @@
+"""Load and validate the sample sheet and the config before any job runs.
+
+Errors name the file, the row (as a 1-based line number of the TSV, header = line 1)
+and the column, so a user can fix a 1,000-row sheet without guessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from pastflow.contracts import SHEET_COLUMNS
+from pastflow.errors import InputError
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+
+# Which path columns each technology needs (the others must exist if given).
+REQUIRED_PATHS = {
+    "xenium": ("data", "image", "alignment"),
+    "visium": ("data", "image"),
+    "visium_hd": ("data", "image"),
+    "legacy_st": ("data", "image", "alignment"),
+    "he_only": ("image",),
+}
+PATH_COLUMNS = ("data", "image", "alignment")
+
+
+def load_schema(name: str) -> dict:
+    with open(SCHEMA_DIR / name) as fh:
+        return yaml.safe_load(fh)
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate ``config`` against ``config.schema.yaml``; return it unchanged."""
+    try:
+        jsonschema.validate(config, load_schema("config.schema.yaml"))
+    except jsonschema.ValidationError as err:
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise InputError(source, f"key '{where}': {err.message}") from None
+    return config
+
+
+def resolve_path(value: str, data_root: str | Path) -> str:
+    """Sheet paths are relative to ``data_root`` unless absolute; '' stays ''."""
+    if not value:
+        return ""
+    path = Path(value)
+    return str(path if path.is_absolute() else Path(data_root) / path)
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise InputError(path, "sample sheet not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, "sample sheet is empty")
+    try:
+        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#",
+                            quoting=csv.QUOTE_NONE)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not a readable TSV: {err}") from None
+    sheet.columns = [c.strip() for c in sheet.columns]
+    missing = [c for c in SHEET_COLUMNS if c not in sheet.columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {', '.join(missing)}; "
+                               f"expected {', '.join(SHEET_COLUMNS)}")
+    if sheet.empty:
+        raise InputError(path, "sample sheet has a header but no samples")
+    return sheet.apply(lambda col: col.str.strip())
+
+
+def load_sample_sheet(path: str | Path, data_root: str | Path = ".",
+                      check_paths: bool = True) -> pd.DataFrame:
+    """Read ``samples.tsv``, validate every row, resolve paths against ``data_root``.
+
+    Returns a DataFrame indexed by sample with the columns of :data:`SHEET_COLUMNS`.
+    ``check_paths=False`` skips the existence check (for paths a rule will create,
+    e.g. the simulated cohort).
+    """
+    path = Path(path)
+    sheet = _read_tsv(path)
+    schema = load_schema("samples.schema.yaml")
+    validator = jsonschema.Draft202012Validator(schema)
+    seen: dict[str, int] = {}
+    for i, row in enumerate(sheet.to_dict("records")):
+        line = i + 2  # header is line 1
+        where = f"line {line} (sample '{row.get('sample', '')}')"
+        for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
+            column = err.path[0] if err.path else "?"
+            raise InputError(path, f"{where}, column '{column}': {_short(err)}")
+        if row["sample"] in seen:
+            raise InputError(path, f"{where}, column 'sample': duplicate sample id "
+                                   f"(first on line {seen[row['sample']]})")
+        seen[row["sample"]] = line
+        for column in REQUIRED_PATHS[row["technology"]]:
+            if not row[column]:
+                raise InputError(path, f"{where}, column '{column}': required for "
+                                       f"technology '{row['technology']}'")
+        for column in PATH_COLUMNS:
+            row_path = resolve_path(row[column], data_root)
+            sheet.loc[i, column] = row_path
+            if check_paths and row_path and not Path(row_path).exists():
+                raise InputError(path, f"{where}, column '{column}': "
+                                       f"path does not exist: {row_path}")
+    return sheet.set_index("sample", drop=False)
+
+
+def _short(err: jsonschema.ValidationError) -> str:
+    if err.validator == "pattern":
+        return (f"{err.instance!r} is not a safe name (letters, digits, '.', '_', '-'; "
+                "starting with a letter or digit)")
+    return re.sub(r"\s+", " ", err.message)

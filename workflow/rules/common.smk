@@ -1,0 +1,40 @@
+# Config and sample sheet are validated here, before any job runs; a bad sheet stops the
+# workflow with a message naming the file, the line and the column.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir)))  # import pastflow from this checkout
+
+from pastflow.errors import InputError
+from pastflow.sheet import load_sample_sheet, validate_config
+
+try:
+    validate_config(config, source="config")
+    SIMULATED = config["simulate"]["enabled"]
+    # Simulated inputs do not exist yet: the simulate rules create them.
+    samples = load_sample_sheet(
+        config["samples"], config["data_root"], check_paths=not SIMULATED
+    )
+except InputError as err:
+    sys.exit(f"pastflow: invalid input: {err}")
+
+SAMPLES = list(samples.index)
+EXPRESSION_SAMPLES = [s for s in SAMPLES if samples.loc[s, "technology"] != "he_only"]
+SIM_OUT = config["simulate"].get("out", "results/simulated")
+
+
+wildcard_constraints:
+    sample="|".join(SAMPLES),
+
+
+def sheet(field):
+    """Input/params function returning one sheet column of the wildcard's sample."""
+    return lambda wildcards: samples.loc[wildcards.sample, field]
+
+
+def all_outputs():
+    outputs = expand("results/patches/{sample}.h5", sample=SAMPLES)
+    outputs += expand("results/qc/{sample}.h5ad", sample=EXPRESSION_SAMPLES)
+    if SIMULATED:
+        outputs.append(f"{SIM_OUT}/clinical.tsv")
+    return outputs
