@@ -19,6 +19,11 @@ except InputError as err:
     sys.exit(f"pastflow: invalid input: {err}")
 
 SAMPLES = list(samples.index)
+# Rules run the package from this checkout with whatever Python the job's environment has
+# (the project venv locally, a per-rule conda env with --sdm conda on a cluster).
+PASTFLOW = (
+    f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m pastflow"
+)
 EXPRESSION_SAMPLES = [s for s in SAMPLES if samples.loc[s, "technology"] != "he_only"]
 SIM_OUT = config["simulate"].get("out", "results/simulated")
 
@@ -30,6 +35,14 @@ wildcard_constraints:
 def sheet(field):
     """Input/params function returning one sheet column of the wildcard's sample."""
     return lambda wildcards: samples.loc[wildcards.sample, field]
+
+
+def ingest_inputs(wildcards):
+    """The simulated sample folder, or the sheet's own files for real data."""
+    if SIMULATED:
+        return [f"{SIM_OUT}/{wildcards.sample}"]
+    row = samples.loc[wildcards.sample]
+    return [row[c] for c in ("data", "image", "alignment") if row[c]]
 
 
 def all_outputs():

@@ -1,11 +1,3 @@
-def ingest_inputs(wildcards):
-    """The simulated sample folder, or the sheet's own files for real data."""
-    if SIMULATED:
-        return [f"{SIM_OUT}/{wildcards.sample}"]
-    row = samples.loc[wildcards.sample]
-    return [row[c] for c in ("data", "image", "alignment") if row[c]]
-
-
 rule ingest:
     input:
         ingest_inputs,
@@ -13,10 +5,13 @@ rule ingest:
         directory("results/ingest/{sample}.zarr"),
     log:
         "results/logs/ingest/{sample}.log",
+    conda:
+        "../../envs/ingest.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
     params:
+        pastflow=PASTFLOW,
         patient=sheet("patient"),
         technology=sheet("technology"),
         data=sheet("data"),
@@ -28,6 +23,6 @@ rule ingest:
             else ""
         ),
     shell:
-        "pastflow ingest --sample {wildcards.sample} --patient {params.patient}"
+        "{params.pastflow} ingest --sample {wildcards.sample} --patient {params.patient}"
         " --technology {params.technology} --data '{params.data}' --image '{params.image}'"
         " --alignment '{params.alignment}' {params.mpp} --out {output} > {log} 2>&1"

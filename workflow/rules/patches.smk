@@ -12,14 +12,17 @@ rule patches:
         ),
     log:
         "results/logs/patches/{sample}.log",
+    conda:
+        "../../envs/patches.yaml"
     resources:
         mem_mb=3000,
         runtime=60,
     params:
+        pastflow=PASTFLOW,
         mpp=config["patches"]["mpp"],
         patch_um=config["patches"]["patch_um"],
         context_um=config["patches"].get("context_um", 0),
     shell:
-        "pastflow patches --table {input} --out {output.store} --gallery {output.gallery}"
+        "{params.pastflow} patches --table {input} --out {output.store} --gallery {output.gallery}"
         " --mpp {params.mpp} --patch-um {params.patch_um} --context-um {params.context_um}"
         " > {log} 2>&1"

@@ -19,13 +19,16 @@ rule qc:
         ),
     log:
         "results/logs/qc/{sample}.log",
+    conda:
+        "../../envs/qc.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
     params:
+        pastflow=PASTFLOW,
         qc=config["qc"],
     shell:
-        "pastflow qc --table {input} --out {output.table}"
+        "{params.pastflow} qc --table {input} --out {output.table}"
         " --fig-distributions {output.distributions} --fig-spatial {output.spatial}"
         " --min-counts {params.qc[min_counts]} --min-genes {params.qc[min_genes]}"
         " --min-cells {params.qc[min_cells]} --n-top-genes {params.qc[n_top_genes]}"

@@ -6,11 +6,14 @@ if SIMULATED:
             directory(f"{SIM_OUT}/{{sample}}"),
         log:
             "results/logs/simulate/{sample}.log",
+        conda:
+            "../../envs/simulate.yaml"
         resources:
             mem_mb=2000,
             runtime=30,
         params:
-            out=SIM_OUT,
+            pastflow=PASTFLOW,
+            out=lambda wildcards, output: Path(output[0]).parent,
             patient=sheet("patient"),
             technology=sheet("technology"),
             seed=lambda wildcards: SAMPLES.index(wildcards.sample),
@@ -19,7 +22,7 @@ if SIMULATED:
             mpp=config["simulate"]["mpp"],
             cohort_seed=config["simulate"]["cohort_seed"],
         shell:
-            "pastflow simulate sample --out {params.out} --sample {wildcards.sample}"
+            "{params.pastflow} simulate sample --out {params.out} --sample {wildcards.sample}"
             " --patient {params.patient} --technology {params.technology}"
             " --n-cells {params.n_cells} --n-genes {params.n_genes} --mpp {params.mpp}"
             " --seed {params.seed} --cohort-seed {params.cohort_seed} > {log} 2>&1"
@@ -30,13 +33,16 @@ if SIMULATED:
             hazard=f"{SIM_OUT}/truth_hazard.tsv",
         log:
             "results/logs/simulate/clinical.log",
+        conda:
+            "../../envs/simulate.yaml"
         resources:
             mem_mb=500,
             runtime=5,
         params:
-            out=SIM_OUT,
+            pastflow=PASTFLOW,
+            out=lambda wildcards, output: Path(output[0]).parent,
             patients=sorted(set(samples["patient"])),
             cohort_seed=config["simulate"]["cohort_seed"],
         shell:
-            "pastflow simulate clinical --out {params.out} --patients {params.patients}"
+            "{params.pastflow} simulate clinical --out {params.out} --patients {params.patients}"
             " --cohort-seed {params.cohort_seed} > {log} 2>&1"
