@@ -55,3 +55,10 @@ def test_nan_counts_are_refused():
 def test_he_only_table_has_nothing_to_qc():
     with pytest.raises(InputError, match="no genes"):
         run_qc(ad.AnnData(np.zeros((10, 0), dtype=np.float32)))
+
+
+def test_processed_values_are_refused():
+    raw = make_table()
+    raw.uns["pastflow"] = {"x_is_raw_counts": False}
+    with pytest.raises(InputError, match="not raw counts"):
+        run_qc(raw, source="s.zarr")

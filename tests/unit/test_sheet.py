@@ -89,3 +89,8 @@ def test_config_errors_name_the_key(repo_root):
     bad["typo_key"] = 1
     with pytest.raises(InputError, match="typo_key"):
         validate_config(bad)
+
+
+def test_converted_xenium_zarr_needs_no_image(tmp_path):
+    path = write_sheet(tmp_path, ["x1", "p1", "xenium", "x.zarr", "", "", "train"])
+    assert load_sample_sheet(path, check_paths=False).loc["x1", "data"].endswith("x.zarr")

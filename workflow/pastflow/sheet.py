@@ -96,7 +96,10 @@ def load_sample_sheet(path: str | Path, data_root: str | Path = ".",
             raise InputError(path, f"{where}, column 'sample': duplicate sample id "
                                    f"(first on line {seen[row['sample']]})")
         seen[row["sample"]] = line
-        for column in REQUIRED_PATHS[row["technology"]]:
+        required = REQUIRED_PATHS[row["technology"]]
+        if row["technology"] == "xenium" and row["data"].endswith(".zarr"):
+            required = ("data",)  # an already converted SpatialData carries its H&E
+        for column in required:
             if not row[column]:
                 raise InputError(path, f"{where}, column '{column}': required for "
                                        f"technology '{row['technology']}'")

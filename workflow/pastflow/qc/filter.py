@@ -45,6 +45,9 @@ def run_qc(adata: ad.AnnData, thresholds: QCThresholds = QCThresholds(),
     """
     if adata.n_vars == 0:
         raise InputError(source, "the table has no genes (an H&E-only sample has nothing to QC)")
+    if not adata.uns.get("pastflow", {}).get("x_is_raw_counts", True):
+        raise InputError(source, "the table holds processed values, not raw counts "
+                                 "(normalisation would be wrong); give the raw count matrix")
     adata = adata.copy()
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     _check_counts(adata, source)

@@ -22,7 +22,10 @@ def plot_qc_distributions(raw: ad.AnnData, thresholds: QCThresholds, sample: str
               ("n_genes_by_counts", thresholds.min_genes, "genes detected per cell")]
     for ax, (column, cut, label) in zip(axes, panels):
         values = raw.obs[column].to_numpy()
-        ax.hist(values, bins=60, color="#4c72b0")
+        # Integer-aligned bins when the range is small, or the histogram aliases into stripes.
+        top = int(np.ceil(values.max())) + 1 if len(values) else 1
+        bins = np.arange(0, top + 1) - 0.5 if top <= 120 else 60
+        ax.hist(values, bins=bins, color="#4c72b0")
         ax.axvline(cut, color="#c44e52", ls="--", label=f"threshold {cut}")
         ax.set_xlabel(label)
         ax.set_ylabel("cells")
@@ -42,7 +45,7 @@ def plot_qc_spatial(raw: ad.AnnData, thumbnail: np.ndarray, downsample: float, s
     x = raw.obs["x_px"].to_numpy() / downsample
     y = raw.obs["y_px"].to_numpy() / downsample
     counts = np.log10(1 + raw.obs["total_counts"].to_numpy())
-    size = max(1.0, 4000 / max(raw.n_obs, 1))
+    size = float(np.clip(20_000 / max(raw.n_obs, 1), 2.0, 40.0))
     points = ax.scatter(x, y, c=counts, s=size, cmap="viridis", alpha=0.8, linewidths=0)
     fig.colorbar(points, ax=ax, shrink=0.7, label="log10(1 + total counts)")
     ax.set_title(f"{sample}: counts per cell over the H&E ({raw.n_obs} units)")

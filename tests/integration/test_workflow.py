@@ -1,0 +1,95 @@
+"""The whole workflow, through Snakemake, on a small simulated cohort of every technology."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SAMPLES = [
+    # sample, patient, technology, split
+    ("xa", "P1", "xenium", "train"),
+    ("vb", "P2", "visium", "train"),
+    ("hd", "P3", "visium_hd", "train"),
+    ("he", "P4", "he_only", "test"),
+]
+
+
+def sheet_row(sample, patient, technology, split, sim="results/simulated"):
+    base = f"{sim}/{sample}"
+    paths = {
+        "xenium": (f"{base}/xenium", f"{base}/xenium/he.ome.tif", f"{base}/xenium/he_imagealignment.csv"),
+        "visium": (f"{base}/outs", f"{base}/he.tif", ""),
+        "visium_hd": (f"{base}/outs", f"{base}/he.tif", ""),
+        "he_only": ("", f"{base}/he.tif", ""),
+    }[technology]
+    return "\t".join([sample, patient, technology, *paths, split])
+
+
+def snakemake(workdir: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile",
+           str(repo / "workflow" / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+           "--configfile", str(workdir / "config" / "config.yaml"), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, repo_root):
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "config").mkdir()
+    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    config["simulate"]["n_cells"] = 600
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    header = "sample\tpatient\ttechnology\tdata\timage\talignment\tsplit\n"
+    (workdir / "config" / "samples.tsv").write_text(
+        header + "".join(sheet_row(*row) + "\n" for row in SAMPLES))
+    run = snakemake(workdir, repo_root)
+    assert run.returncode == 0, run.stderr[-5000:]
+    report = snakemake(workdir, repo_root, "--report", str(workdir / "results" / "report.html"))
+    assert report.returncode == 0, report.stderr[-5000:]
+    return workdir
+
+
+def test_every_stage_wrote_its_outputs(small_run):
+    results = small_run / "results"
+    for sample, _, technology, _ in SAMPLES:
+        assert (results / "ingest" / f"{sample}.zarr" / "tables" / "table").is_dir()
+        assert (results / "patches" / f"{sample}.h5").is_file()
+        assert (results / "patches" / f"{sample}_gallery.png").stat().st_size > 10_000
+        assert (results / "logs" / "ingest" / f"{sample}.log").is_file()
+        has_expression = technology != "he_only"
+        assert (results / "qc" / f"{sample}.h5ad").is_file() == has_expression
+    assert (results / "simulated" / "clinical.tsv").is_file()
+
+
+def test_xenium_sample_has_a_cell_per_patch(small_run):
+    results = small_run / "results"
+    qc = ad.read_h5ad(results / "qc" / "xa.h5ad")
+    assert qc.n_obs > 400 and qc.var["highly_variable"].sum() > 50
+    assert "counts" in qc.layers
+    table = ad.read_zarr(results / "ingest" / "xa.zarr" / "tables" / "table")
+    with h5py.File(results / "patches" / "xa.h5") as store:
+        ids = [i.decode() if isinstance(i, bytes) else i for i in store["cells/cell_id"][:]]
+    assert ids == list(table.obs["cell_id"])
+
+
+def test_report_has_every_stage(small_run):
+    html = (small_run / "results" / "report.html").read_text(errors="replace")
+    for text in ("QC", "Cell patches", "xa", "he"):
+        assert text in html
+
+
+def test_second_run_has_nothing_to_do(small_run, repo_root):
+    dry = snakemake(small_run, repo_root, "-n")
+    assert dry.returncode == 0
+    assert "Nothing to be done" in dry.stdout + dry.stderr

@@ -1,0 +1,13 @@
+"""Ingestion: one sample of any supported technology -> one SpatialData zarr.
+
+Readers (one module per format, each returning :class:`~pastflow.ingest.common.SampleParts`):
+``xenium`` (XOA bundle + post-Xenium H&E + alignment csv), ``xenium_zarr`` (Xenium already
+converted to SpatialData), ``visium`` (Space Ranger ``outs/`` or an AnnData), ``visium_hd``
+(8 um bins), ``legacy_st`` (HER2ST layout), ``he_only`` (cells = nuclei found by ``nuclei``).
+``common`` assembles the contract's elements, ``he_image`` the lazy H&E element, ``sample``
+runs one sample end to end, ``cli`` is ``pastflow ingest``.
+"""
+
+from pastflow.ingest.sample import ingest_sample
+
+__all__ = ["ingest_sample"]

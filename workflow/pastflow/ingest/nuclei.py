@@ -1,0 +1,249 @@
+"""Nucleus detection on an H&E slide, tile by tile, for slides without spatial transcriptomics.
+
+Method (classic, unsupervised, no model weights):
+
+1. colour deconvolution (Ruifrok & Johnston, ``skimage.color.rgb2hed``) -> hematoxylin
+   density, minus its local background (a white top-hat wider than any nucleus), so that
+   only compact dark objects remain, whatever the stain intensity of the surroundings;
+2. one threshold for the whole slide: Otsu over the tissue pixels of tiles spread over the
+   slide (a per-tile Otsu would invent nuclei in nucleus-free tiles);
+3. per tile: mask at 0.7 x that threshold, closed and filled (vesicular nuclei are rings of
+   chromatin), one marker per peak of blurred density + distance to the mask edge, watershed
+   to split touching nuclei; centroid and area of each, kept between 8 and 400 um^2.
+
+Everything runs at the pyramid level nearest ``target_mpp`` (0.5 um/px by default; a finer
+level is block-averaged down by an integer factor), over tiles with a halo wider than a nucleus
+and than the background window: a nucleus is kept by the one tile whose core holds its
+centroid, so none is counted twice or cut. Memory holds one tile at a time.
+
+Measured (simulated H&E at 0.25 um/px vs the simulator's nucleus centres, one-to-one matching):
+recall / precision ~0.6 / 0.6 within 1 um and ~0.75 / 0.75 within 2 um; touching nuclei in
+dense tumour nests are the main misses. Tuned on simulated slides, checked by eye on CMU-1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from skimage.color import rgb2hed
+from skimage.feature import peak_local_max
+from skimage.filters import threshold_otsu
+from skimage.segmentation import watershed
+from skimage.transform import downscale_local_mean
+from tqdm import tqdm
+
+from pastflow.errors import InputError
+from pastflow.slide import Slide, level_for_mpp
+
+log = logging.getLogger(__name__)
+
+TARGET_MPP = 0.5          # um/px the detection runs at
+TILE_PX = 1024            # tile core side, in working pixels
+HALO_UM = 24.0            # > largest nucleus radius (11 um) + background window (10 um)
+SMOOTH_SIGMA_UM = 0.5     # denoising before thresholding
+MASK_FRACTION = 0.7       # x Otsu: pale (vesicular) nuclei sit below the Otsu threshold itself
+CLOSE_RADIUS_UM = 1.0     # closes rings of chromatin granules into one nucleus
+OPEN_RADIUS_UM = 1.0      # removes bridges and specks thinner than ~2 um
+MARKER_SIGMA_UM = 1.5     # blur that merges a nucleus' chromatin texture into one peak
+DISTANCE_SCALE_UM = 4.0   # weight of the distance map in the marker relief (~ a nucleus radius)
+MIN_AREA_UM2 = 8.0        # smaller: debris, granules, noise
+MAX_AREA_UM2 = 400.0      # larger: folds, pen marks, clumps that would not split
+PEAK_MIN_DISTANCE_UM = 3.0  # two peaks closer than this are one nucleus
+MIN_THRESHOLD = 0.03      # floor of the slide threshold (rgb2hed units above background; glass ~0)
+SAMPLE_TILES = 16         # tiles pooled to estimate the threshold
+BACKGROUND_RADIUS_UM = 10.0  # half-side of the opening that estimates the local background
+TISSUE_MAX_RGB = 215      # a pixel whose darkest channel is below this is tissue, not glass
+
+
+@dataclass(frozen=True)
+class DetectionGrid:
+    """Where and at which resolution detection runs.
+
+    ``level``: pyramid level read; ``factor``: integer block-average from that level to the
+    working resolution; ``work_mpp``: um per working pixel; ``tile``/``halo``: core side and
+    halo in *level* pixels (multiples of ``factor``); ``level_downsample``: level-0 px per level px.
+    """
+
+    level: int
+    factor: int
+    level_mpp: float
+    work_mpp: float
+    tile: int
+    halo: int
+    level_downsample: float
+    level_width: int
+    level_height: int
+
+    def tile_origins(self) -> list[tuple[int, int]]:
+        """Top-left corners ``(x0, y0)`` of every tile core, in level pixels, row by row."""
+        return [(x0, y0) for y0 in range(0, self.level_height, self.tile)
+                for x0 in range(0, self.level_width, self.tile)]
+
+
+def plan_detection(slide: Slide, mpp: float, target_mpp: float = TARGET_MPP,
+                   tile_px: int = TILE_PX) -> DetectionGrid:
+    """Pick the level and integer downscale that bring the slide closest to ``target_mpp``.
+
+    ``mpp``: microns per level-0 pixel (the file's, or the user's for JPEG/PNG).
+    """
+    level = level_for_mpp(slide, target_mpp, mpp)
+    level_mpp = mpp * slide.level_downsamples[level]
+    factor = max(1, round(target_mpp / level_mpp))
+    work_mpp = level_mpp * factor
+    halo = factor * math.ceil(HALO_UM / work_mpp)
+    width, height = slide.level_dimensions[level]
+    return DetectionGrid(level, factor, level_mpp, work_mpp, tile_px * factor, halo,
+                         slide.level_downsamples[level], width, height)
+
+
+def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
+    """``uint8 (h, w, 3)`` RGB -> hematoxylin density ``float32 (h, w)`` (rgb2hed units, >= 0)."""
+    return np.clip(rgb2hed(rgb)[..., 0], 0, None).astype(np.float32)
+
+
+def nuclear_density(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    """Hematoxylin density above its local background, ``float32 (h, w)``.
+
+    A white top-hat: the density minus its grey opening by a square wider than any nucleus,
+    so what remains are the compact dark objects (nuclei), while broad hematoxylin-rich areas
+    (basophilic cytoplasm, mucin, a bluish stain) drop to zero instead of merging every nucleus
+    into one blob.
+    """
+    density = hematoxylin_density(rgb)
+    size = 2 * round(BACKGROUND_RADIUS_UM / mpp) + 1
+    return density - ndimage.grey_opening(density, size=(size, size))
+
+
+def _read_work_tile(slide: Slide, grid: DetectionGrid, x0: int, y0: int) -> np.ndarray:
+    """Tile core + halo at ``(x0, y0)`` (level px), block-averaged to the working resolution."""
+    side = grid.tile + 2 * grid.halo
+    rgb = slide.read_region(grid.level, x0 - grid.halo, y0 - grid.halo, side, side)
+    if grid.factor > 1:
+        rgb = downscale_local_mean(rgb, (grid.factor, grid.factor, 1)).round().astype(np.uint8)
+    return rgb
+
+
+def estimate_threshold(slide: Slide, grid: DetectionGrid, n_tiles: int = SAMPLE_TILES) -> float:
+    """Hematoxylin density separating nuclei from the rest of the tissue, for the whole slide.
+
+    Otsu over the tissue pixels of up to ``n_tiles`` tiles spread evenly over the slide, with
+    values clipped at their 99.5th percentile (pen marks and dust would otherwise pull the
+    threshold far above every nucleus), never below :data:`MIN_THRESHOLD`.
+    """
+    origins = grid.tile_origins()
+    picks = np.unique(np.linspace(0, len(origins) - 1, min(n_tiles, len(origins))).round().astype(int))
+    pooled = []
+    for i in picks:
+        x0, y0 = origins[i]
+        rgb = _read_work_tile(slide, grid, x0, y0)
+        tissue = rgb.min(axis=-1) < TISSUE_MAX_RGB
+        if tissue.sum() > 100:
+            pooled.append(nuclear_density(rgb, grid.work_mpp)[tissue])
+    if not pooled:
+        return MIN_THRESHOLD
+    values = np.concatenate(pooled)
+    values = np.clip(values, 0, np.percentile(values, 99.5))
+    if values.max() <= values.min():
+        return MIN_THRESHOLD
+    return max(MIN_THRESHOLD, float(threshold_otsu(values)))
+
+
+def segment_nuclei(rgb: np.ndarray, threshold: float, mpp: float) -> np.ndarray:
+    """Label image ``int32 (h, w)`` of the nuclei in ``rgb`` (0 = background), at ``mpp`` um/px.
+
+    ``threshold``: the slide's Otsu hematoxylin density (:func:`estimate_threshold`).
+    """
+    density = nuclear_density(rgb, mpp)
+    mask = ndimage.gaussian_filter(density, SMOOTH_SIGMA_UM / mpp) > MASK_FRACTION * threshold
+    # Vesicular nuclei are rings of dark chromatin around a pale centre: close the gaps in the
+    # ring, fill it, then cut the thin bridges that closing made between neighbours.
+    mask = ndimage.binary_closing(mask, structure=_disk(CLOSE_RADIUS_UM / mpp))
+    mask = ndimage.binary_fill_holes(mask)
+    mask = ndimage.binary_opening(mask, structure=_disk(OPEN_RADIUS_UM / mpp))
+    components, n = ndimage.label(mask)
+    if n == 0:
+        return components
+    # One marker per nucleus: peaks of a relief adding the blurred density (dark nuclear
+    # centres, which split touching nuclei) and the distance to the mask edge (the middle of a
+    # round shape, which keeps a textured nucleus whole). Either alone over- or under-splits.
+    blurred = ndimage.gaussian_filter(density, MARKER_SIGMA_UM / mpp) / threshold
+    relief = blurred + ndimage.distance_transform_edt(mask) * mpp / DISTANCE_SCALE_UM
+    peaks = peak_local_max(relief, min_distance=max(1, round(PEAK_MIN_DISTANCE_UM / mpp)),
+                           labels=components, exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
+    return watershed(-relief, markers, mask=mask).astype(np.int32)
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    r = max(1, int(round(radius_px)))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return xx**2 + yy**2 <= r * r + 0.5
+
+
+def label_centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids ``(k, 2)`` ``[x, y]`` (pixel-centre convention) and areas ``(k,)`` in px of labels 1..max."""
+    n = int(labels.max())
+    flat = labels.ravel()
+    keep = flat > 0
+    ids = flat[keep]
+    ys, xs = np.divmod(np.flatnonzero(keep), labels.shape[1])
+    area = np.bincount(ids, minlength=n + 1)[1:].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = np.bincount(ids, weights=xs, minlength=n + 1)[1:] / area
+        cy = np.bincount(ids, weights=ys, minlength=n + 1)[1:] / area
+    present = area > 0
+    return np.column_stack([cx, cy])[present], area[present]
+
+
+def detect_nuclei(slide: Slide, mpp: float, *, target_mpp: float = TARGET_MPP, tile_px: int = TILE_PX,
+                  progress: bool = True) -> pd.DataFrame:
+    """Find nuclei on the whole slide.
+
+    Args:
+        slide: an open slide (:func:`pastflow.slide.open_slide`).
+        mpp: microns per level-0 pixel.
+        target_mpp: working resolution (the nearest level is used, block-averaged to it).
+        tile_px: tile core side in working pixels (memory ~ 40 bytes x (tile_px + halo)^2).
+
+    Returns:
+        DataFrame, one row per nucleus: ``x_px, y_px`` (centroid in level-0 pixels, pixel-centre
+        convention) and ``area_um2``, ordered top to bottom by tile then by label.
+
+    Raises:
+        InputError: the slide has no usable resolution.
+    """
+    if not mpp or mpp <= 0:
+        raise InputError(slide.path, "nucleus detection needs the slide's microns per pixel")
+    grid = plan_detection(slide, mpp, target_mpp, tile_px)
+    threshold = estimate_threshold(slide, grid)
+    log.info("%s: detecting nuclei on level %d (%.3f um/px, /%d -> %.3f um/px), %d tiles, "
+             "hematoxylin threshold %.3f", slide.path.name, grid.level, grid.level_mpp, grid.factor,
+             grid.work_mpp, len(grid.tile_origins()), threshold)
+    min_area = MIN_AREA_UM2 / grid.work_mpp**2
+    max_area = MAX_AREA_UM2 / grid.work_mpp**2
+    halo_work = grid.halo // grid.factor
+    core_work = grid.tile // grid.factor
+    found_xy, found_area = [], []
+    for x0, y0 in tqdm(grid.tile_origins(), desc=f"nuclei {slide.path.name}", unit="tile",
+                       disable=not progress, mininterval=2.0):
+        rgb = _read_work_tile(slide, grid, x0, y0)
+        if rgb.min() >= TISSUE_MAX_RGB:
+            continue  # glass only
+        xy, area = label_centroids(segment_nuclei(rgb, threshold, grid.work_mpp))
+        # Only the tile whose core holds the centroid keeps the nucleus.
+        core = ((xy[:, 0] >= halo_work - 0.5) & (xy[:, 0] < halo_work + core_work - 0.5)
+                & (xy[:, 1] >= halo_work - 0.5) & (xy[:, 1] < halo_work + core_work - 0.5))
+        ok = core & (area >= min_area) & (area <= max_area)
+        # Working px -> level px (block centres) -> level-0 px (pixel-centre convention).
+        level_xy = (xy[ok] + 0.5) * grid.factor - 0.5 + np.array([x0 - grid.halo, y0 - grid.halo])
+        found_xy.append((level_xy + 0.5) * grid.level_downsample - 0.5)
+        found_area.append(area[ok] * grid.work_mpp**2)
+    xy = np.concatenate(found_xy) if found_xy else np.zeros((0, 2))
+    area = np.concatenate(found_area) if found_area else np.zeros(0)
+    return pd.DataFrame({"x_px": xy[:, 0], "y_px": xy[:, 1], "area_um2": area})

@@ -1,0 +1,32 @@
+"""The ``patches`` stage: an RGB patch centred on every cell (or spot) of a slide.
+
+- :func:`build_patch_store` (``store.py``): slide -> one HDF5 patch store per sample;
+- :class:`PatchStore` (``reader.py``): random access to any cell's patch, for training loaders;
+  :func:`export_patches` / :func:`export_patches_h5` for the literal ``[n, 3, h, w]`` layout;
+- :func:`save_gallery` (``gallery.py``): a figure of sampled patches to check centring;
+- ``planar_writer.py``: writes the store image band by band in a background thread;
+- ``tissue.py``: the tissue mask behind the ``in_tissue`` flag; ``resample.py``: seamless
+  strip-wise resampling; ``cli.py``: ``pastflow patches``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_patch_store": "pastflow.patches.store",
+    "PatchStoreStats": "pastflow.patches.store",
+    "PatchStore": "pastflow.patches.reader",
+    "export_patches": "pastflow.patches.reader",
+    "export_patches_h5": "pastflow.patches.reader",
+    "save_gallery": "pastflow.patches.gallery",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy, so that `pastflow --help` (which imports pastflow.patches.cli) loads no numpy.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

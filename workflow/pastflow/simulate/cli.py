@@ -1,0 +1,62 @@
+"""``pastflow simulate {sample,clinical,bench-slide}``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from pastflow.simulate.cohort import simulate_sample
+
+    simulate_sample(args.out, args.sample, args.patient, args.technology, n_cells=args.n_cells,
+                    seed=args.seed, mpp=args.mpp, n_genes=args.n_genes, cohort_seed=args.cohort_seed,
+                    dispersion=args.dispersion, progress=not args.no_progress)
+
+
+def _clinical(args: argparse.Namespace) -> None:
+    from pastflow.simulate.clinical import simulate_clinical
+
+    simulate_clinical(args.out, args.patients, cohort_seed=args.cohort_seed)
+
+
+def _bench_slide(args: argparse.Namespace) -> None:
+    from pastflow.simulate.cohort import write_benchmark_slide
+
+    write_benchmark_slide(args.out_slide, args.out_cells, n_cells=args.n_cells, size_px=args.size_px,
+                          mpp=args.mpp, seed=args.seed, progress=not args.no_progress)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("simulate", help="write a simulated cohort in real vendor formats",
+                                   description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+
+    p = sub.add_parser("sample", help="one sample (slide + vendor data + truth) into OUT/SAMPLE")
+    p.add_argument("--out", required=True, help="output folder (the sample goes to OUT/SAMPLE)")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--patient", required=True)
+    p.add_argument("--technology", required=True, choices=("xenium", "visium", "visium_hd", "he_only"))
+    p.add_argument("--n-cells", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0, help="section seed (combined with the sample id)")
+    p.add_argument("--mpp", type=float, default=0.25, help="H&E microns per level-0 pixel")
+    p.add_argument("--n-genes", type=int, default=300)
+    p.add_argument("--cohort-seed", type=int, default=0, help="seeds patient biology and outcomes")
+    p.add_argument("--dispersion", type=float, default=0.1, help="negative-binomial overdispersion")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("clinical", help="OUT/clinical.tsv and OUT/truth_hazard.tsv for patients")
+    p.add_argument("--out", required=True)
+    p.add_argument("--patients", required=True, nargs="+", metavar="PATIENT")
+    p.add_argument("--cohort-seed", type=int, default=0)
+    p.set_defaults(func=_clinical)
+
+    p = sub.add_parser("bench-slide", help="large H&E-only benchmark slide + cell table")
+    p.add_argument("--out-slide", required=True, help="output .tif (generic pyramidal TIFF)")
+    p.add_argument("--out-cells", required=True, help="output .parquet (cell_id, x_px, y_px, cell_type)")
+    p.add_argument("--n-cells", type=int, default=500_000)
+    p.add_argument("--size-px", type=int, default=40_000)
+    p.add_argument("--mpp", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_bench_slide)
