@@ -1,0 +1,178 @@
+"""pastflow.models.data and augment: the multi-sample cell dataset, its sampler and loader."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from pastflow.errors import InputError
+from pastflow.models.augment import Augmentation, augment_patch, normalize_patch
+from pastflow.models.data import (CellDataset, ResumableSampler, make_loader, nearest_neighbors,
+                                  read_qc_table, select_cohort_genes)
+from pastflow.models.pathways import read_gmt, default_gmt_path, score_pathways
+from pastflow.patches.reader import PatchStore
+from test_models_fixtures import PATCH_PX, cohort  # noqa: F401 (fixture)
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.fixture(scope="module")
+def dataset(cohort):
+    return CellDataset([s.store for s in cohort], [s.table for s in cohort], k_neighbors=3,
+                       mean=MEAN, std=STD, augmentation=None, seed=5)
+
+
+def test_cohort_genes_are_the_most_often_highly_variable(cohort):
+    tables = [ad.read_h5ad(s.table) for s in cohort]
+    genes = select_cohort_genes(tables, n_genes=None)
+    votes = {g: sum(g in t.var_names[t.var["highly_variable"]] for t in tables) for g in genes}
+    assert list(votes.values()) == sorted(votes.values(), reverse=True)
+    assert set(genes) == set().union(*(t.var_names[t.var["highly_variable"]] for t in tables))
+    assert select_cohort_genes(tables, n_genes=5) == genes[:5]
+
+
+def test_items_join_patch_expression_counts_and_pathways_by_cell_id(cohort, dataset):
+    assert len(dataset) == 72 and dataset.samples == ["s1", "s2"] and dataset.patch_px == PATCH_PX
+    sample = cohort[1]
+    table = ad.read_h5ad(sample.table)
+    store = PatchStore(sample.store)
+    row = 10
+    item = dataset[36 + row]
+    cell = table.obs["cell_id"].iloc[row]
+    assert item["sample"].item() == 1 and item["index"].item() == 46
+    # Patch: the store's crop of this cell, normalised.
+    raw = store.read(store.index_of([cell]))[0].astype(np.float32) / 255
+    np.testing.assert_allclose(item["patch"].numpy(), (raw - 0.5) / 0.25, atol=1e-6)
+    # Expression and counts in cohort gene order; genes the sample lacks are 0 and masked.
+    for j, gene in enumerate(dataset.genes):
+        if gene in table.var_names:
+            column = table.var_names.get_loc(gene)
+            assert item["gene_mask"][j]
+            assert item["expression"][j].item() == pytest.approx(table.X[row, column], rel=1e-6)
+            assert item["counts"][j].item() == table.layers["counts"][row, column]
+        else:
+            assert not item["gene_mask"][j] and item["expression"][j] == 0 and item["counts"][j] == 0
+    assert {"CD6", "BG07"} & set(dataset.genes) and not item["gene_mask"].all()
+    assert item["library_size"].item() == pytest.approx(item["counts"].sum().item())
+    # Pathway scores: the sample's own scoring of its cells.
+    scores = score_pathways(table.X, table.var_names, read_gmt(default_gmt_path()))
+    assert dataset.pathways == ["PROLIFERATION_G2M", "T_CELL_RECEPTOR"]
+    for j, name in enumerate(dataset.pathways):
+        assert item["pathways"][j].item() == pytest.approx(scores.scores[row, scores.names.index(name)])
+    assert set(dataset.coverage["sample"]) == {"s1", "s2"}
+
+
+def test_neighbours_are_the_nearest_cells_of_the_same_sample(cohort, dataset):
+    sample = cohort[0]
+    item = dataset[7]
+    neighbours = item["neighbors"].numpy()
+    assert item["neighbor_patches"].shape == (3, 3, PATCH_PX, PATCH_PX)
+    assert (neighbours >= 0).all() and (neighbours < 36).all() and 7 not in neighbours
+    distance = np.hypot(*(sample.xy - sample.xy[7]).T)
+    distance[7] = np.inf
+    np.testing.assert_allclose(np.sort(distance[neighbours]), np.sort(distance)[:3])
+    np.testing.assert_allclose(item["neighbor_patches"][0].numpy(), dataset[neighbours[0]]["patch"].numpy())
+
+
+def test_nearest_neighbors_by_hand():
+    xy = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
+    assert nearest_neighbors(xy, 2).tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]
+    assert nearest_neighbors(xy, 2, max_distance=2.5).tolist() == [[1, -1], [0, 2], [1, -1], [-1, -1]]
+    assert nearest_neighbors(xy[:1], 2).tolist() == [[-1, -1]]
+    assert nearest_neighbors(xy, 5)[0].tolist() == [1, 2, 3, -1, -1]
+    # Cells at the same position: each gets another one, never itself.
+    same = nearest_neighbors(np.array([[0.0, 0.0]] * 3 + [[5.0, 0.0]]), 1)
+    assert all(same[i, 0] in {0, 1, 2} - {i} for i in range(3)) and same[3, 0] in {0, 1, 2}
+
+
+def test_augmentation_is_seeded_per_cell_and_epoch(cohort):
+    augmented = CellDataset([cohort[0].store], [cohort[0].table], seed=3,
+                            augmentation=Augmentation(hed_sigma=0.05, brightness=0.1))
+    first, again = augmented[4]["patch"], augmented[4]["patch"]
+    assert torch.equal(first, again)
+    augmented.set_epoch(1)
+    assert not torch.equal(first, augmented[4]["patch"])
+
+
+def test_geometric_augmentation_moves_pixels_and_stain_jitter_changes_colour():
+    rng = np.random.default_rng(0)
+    patch = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    plain = augment_patch(patch, rng, None)
+    np.testing.assert_allclose(plain, patch / 255.0, atol=1e-7)
+    geometric = Augmentation(hed_sigma=0.0)
+    seen = set()
+    for seed in range(12):
+        out = augment_patch(patch, np.random.default_rng(seed), geometric)
+        # A flip or rotation only moves pixels: same multiset of RGB triples.
+        assert sorted(map(tuple, out.reshape(3, -1).T.round(6))) == sorted(map(tuple, plain.reshape(3, -1).T.round(6)))
+        seen.add(out.tobytes())
+    assert len(seen) > 4  # several of the 8 dihedral transforms were drawn
+    stained = augment_patch(patch, np.random.default_rng(1), Augmentation(hed_sigma=0.2, flips=False, rot90=False))
+    assert 0 <= stained.min() and stained.max() <= 1 and np.abs(stained - plain).mean() > 0.005
+    np.testing.assert_allclose(normalize_patch(plain, MEAN, STD), (plain - 0.5) / 0.25, atol=1e-6)
+
+
+def test_loader_with_two_workers_streams_the_same_batches(dataset):
+    sampler = ResumableSampler(dataset, seed=1)
+    sampler.set_position(epoch=2, batches_done=0, batch_size=8)
+    serial = list(make_loader(dataset, sampler, batch_size=8, num_workers=0, seed=0))
+    parallel = list(make_loader(dataset, sampler, batch_size=8, num_workers=2, seed=0))
+    assert len(serial) == len(parallel) == 9
+    for a, b in zip(serial, parallel):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert serial[0]["patch"].shape == (8, 3, PATCH_PX, PATCH_PX)
+    assert serial[0]["neighbor_patches"].shape == (8, 3, 3, PATCH_PX, PATCH_PX)
+
+
+def test_resumable_sampler_skips_done_batches_and_splits_ranks(dataset):
+    full = ResumableSampler(dataset, seed=4)
+    full.set_position(epoch=3, batches_done=0, batch_size=8)
+    order = list(full)
+    resumed = ResumableSampler(dataset, seed=4)
+    resumed.set_position(epoch=3, batches_done=2, batch_size=8)
+    assert list(resumed) == order[16:] and len(resumed) == len(order) - 16
+    ranks = [ResumableSampler(dataset, num_replicas=2, rank=r, seed=4) for r in (0, 1)]
+    for r in ranks:
+        r.set_position(epoch=3, batches_done=0, batch_size=8)
+    halves = [set(r) for r in ranks]
+    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == len(dataset)
+    other_epoch = ResumableSampler(dataset, seed=4)
+    other_epoch.set_position(epoch=4, batches_done=0, batch_size=8)
+    assert list(other_epoch) != order
+
+
+def test_bad_inputs_name_the_file(cohort, tmp_path, caplog):
+    s1, s2 = cohort
+    with pytest.raises(InputError, match=r"s2\.h5ad: none of its 36 cell ids is in the patch store"):
+        CellDataset([s1.store], [s2.table])
+    table = ad.read_h5ad(s1.table)
+    del table.layers["counts"]
+    table.write_h5ad(tmp_path / "nocounts.h5ad")
+    with pytest.raises(InputError, match=r"nocounts\.h5ad: no layers\[\"counts\"\]"):
+        read_qc_table(tmp_path / "nocounts.h5ad")
+    with pytest.raises(InputError, match=r"pastflow_default\.gmt: 1 of the model's pathways are "
+                                         r"not gene sets here \(first: 'NOPE'\)"):
+        CellDataset([s1.store], [s1.table], pathways=["T_CELL_RECEPTOR", "NOPE"])
+    with pytest.raises(InputError, match="one QC table per patch store"):
+        CellDataset([s1.store, s2.store], [s1.table])
+    # Cells without a patch are left out, with a warning.
+    partial = ad.read_h5ad(s1.table)
+    partial.obs["cell_id"] = partial.obs["cell_id"].astype(str)
+    partial.obs.iloc[:4, partial.obs.columns.get_loc("cell_id")] = [f"ghost{i}" for i in range(4)]
+    partial.write_h5ad(tmp_path / "partial.h5ad")
+    with caplog.at_level(logging.WARNING):
+        assert len(CellDataset([s1.store], [tmp_path / "partial.h5ad"], pathways=[])) == 32
+    assert "4 of 36 cells have no patch" in caplog.text
+
+
+def test_pathways_off_skips_scoring(cohort):
+    plain = CellDataset([cohort[0].store], [cohort[0].table], pathways=[], augmentation=None)
+    item = plain[0]
+    assert plain.pathways == [] and item["pathways"].shape == (0,)
+    batch = default_collate([plain[0], plain[1]])
+    assert batch["expression"].shape == (2, len(plain.genes))

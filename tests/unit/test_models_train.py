@@ -1,0 +1,220 @@
+"""pastflow.models.train: pretraining runs, exact resume after SIGTERM, DDP on 2 CPU
+processes, and the ``pretrain`` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pastflow.errors import InputError
+from pastflow.models.checkpoint import latest_checkpoint, load_checkpoint
+from pastflow.models.cli import main as cli_main
+from pastflow.models.cli import read_config
+from pastflow.models.model import PastModel
+from pastflow.models.train import EXIT_PREEMPTED, cosine_schedule, parameter_groups, pretrain
+from test_models_fixtures import cohort  # noqa: F401 (fixture)
+
+STEPS = 36
+
+CONFIG = {
+    "seed": 11,
+    "model": {"embed_dim": 16,
+              "image": {"name": "vit_cell", "kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2}},
+              "expression": {"name": "mlp", "kwargs": {"hidden": [32]}},
+              "pathway": {"kwargs": {"hidden": [16]}},
+              "reconstruction": {"hidden": 16}, "pathway_head": {"hidden": 16},
+              "spatial": {"k": 2, "heads": 2}},
+    "data": {"augment": {"hed_sigma": 0.05, "brightness": 0.05}},
+    "train": {"steps": STEPS, "batch_size": 8, "lr": 1e-3, "warmup_steps": 4,
+              "checkpoint_every": 5, "keep_checkpoints": 3, "num_workers": 0, "log_every": 1},
+}
+
+
+def samples_of(cohort):
+    return [(str(s.store), str(s.table)) for s in cohort]
+
+
+def cli_args(cohort, config_path, out):
+    return ["pretrain", "--config", str(config_path), "--stores", *[str(s.store) for s in cohort],
+            "--tables", *[str(s.table) for s in cohort], "--out", str(out), "--no-progress"]
+
+
+def subprocess_env() -> dict:
+    # One thread per process: the tests share 2 cores, and results must not depend on it.
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Runs in this process use one thread, like the subprocesses: float sums then add up in
+    the same order everywhere, which bit-for-bit comparisons between them need."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cohort, tmp_path_factory):
+    return pretrain(CONFIG, samples_of(cohort), tmp_path_factory.mktemp("uninterrupted"),
+                    progress=False)
+
+
+def test_cosine_schedule_by_hand():
+    factor = cosine_schedule(warmup_steps=4, total_steps=14, min_ratio=0.1)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert factor(14) == pytest.approx(0.1) and factor(100) == pytest.approx(0.1)
+
+
+def test_parameter_groups_exempt_vectors_and_frozen_weights():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    net[2].weight.requires_grad_(False)
+    decay, no_decay = parameter_groups(net, 0.05)
+    assert decay["params"] == [net[0].weight] and decay["weight_decay"] == 0.05
+    assert {id(p) for p in no_decay["params"]} == {id(net[0].bias), id(net[1].weight),
+                                                   id(net[1].bias), id(net[2].bias)}
+
+
+def test_pretrain_writes_model_metrics_and_curves_and_learns(uninterrupted, cohort):
+    out = uninterrupted.out_dir
+    assert uninterrupted.step == STEPS and not uninterrupted.preempted
+    metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
+    assert metrics["step"].tolist() == list(range(1, STEPS + 1))
+    assert {"loss", "clip", "reconstruction", "pathway_regression", "pathway_clip", "lr",
+            "temperature"} <= set(metrics.columns)
+    weights = {"clip": 1.0, "reconstruction": 1.0, "pathway_regression": 1.0, "pathway_clip": 0.5}
+    assert (metrics["loss"] - sum(w * metrics[k] for k, w in weights.items())).abs().max() < 1e-4
+    # The two cell types are easy to tell apart in both modalities: the losses fall.
+    first, last = metrics.head(6).mean(numeric_only=True), metrics.tail(6).mean(numeric_only=True)
+    assert last["clip"] < first["clip"] and last["loss"] < first["loss"]
+    assert (out / "training_curves.png").stat().st_size > 10_000
+    coverage = pd.read_csv(out / "pathway_coverage.tsv", sep="\t")
+    assert len(coverage) == 2 * 13  # 2 samples x the 13 default gene sets
+    kept = coverage[coverage["kept"]]
+    assert set(kept["pathway"]) == {"PROLIFERATION_G2M", "T_CELL_RECEPTOR"}
+    assert kept.set_index(["sample", "pathway"]).loc[("s2", "T_CELL_RECEPTOR"), "n_present"] == 5
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000030", "step_00000035", "step_00000036"]  # newest 3 kept
+    final = load_checkpoint(out / "model")
+    assert final.step == STEPS and final.config["model"]["pathways"] == uninterrupted.model.pathways
+    assert all(torch.equal(a, b) for a, b in zip(final.model.state_dict().values(),
+                                                 uninterrupted.model.state_dict().values()))
+
+
+def test_sigterm_saves_and_the_resumed_run_ends_with_identical_weights(uninterrupted, cohort,
+                                                                      tmp_path):
+    """A run stopped by SIGTERM part-way and resumed ends bit-for-bit where an uninterrupted
+    run does. The interrupted run streams through 2 loader workers (which get the signal
+    too), the others through none: the result does not depend on the workers either."""
+    config = json.loads(json.dumps(CONFIG))
+    config["train"]["num_workers"] = 2
+    config_path = tmp_path / "pretrain.yaml"
+    config_path.write_text(yaml.safe_dump({"pretrain": config}))
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "pastflow.models.cli",
+                                *cli_args(cohort, config_path, out)], env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "step_00000005" / "config.json").exists():
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.01)
+        # To the whole process group, loader workers included, as Slurm does.
+        os.killpg(process.pid, signal.SIGTERM)
+        log = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == EXIT_PREEMPTED, log[-3000:]
+    assert "received SIGTERM" in log
+    stopped_at = int(latest_checkpoint(out / "checkpoints").name.split("_")[1])
+    assert 5 < stopped_at < STEPS, log[-3000:]
+    assert not (out / "model").exists()  # no final model from an interrupted run
+
+    resumed = pretrain(config, samples_of(cohort), out, progress=False)
+    assert resumed.step == STEPS and not resumed.preempted
+    ours = load_file(out / "model" / "model.safetensors")
+    theirs = load_file(uninterrupted.out_dir / "model" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    history = pd.read_csv(out / "metrics.tsv", sep="\t")
+    reference = pd.read_csv(uninterrupted.out_dir / "metrics.tsv", sep="\t")
+    pd.testing.assert_frame_equal(history, reference)
+
+
+def test_resuming_with_another_config_is_refused(uninterrupted, cohort):
+    changed = json.loads(json.dumps(CONFIG))
+    changed["model"]["embed_dim"] = 32
+    with pytest.raises(InputError, match=r"step_00000036/config\.json: .*'model\.embed_dim'"):
+        pretrain(changed, samples_of(cohort), uninterrupted.out_dir, progress=False)
+
+
+DDP_DRIVER = """
+import json, logging, os, sys
+from pathlib import Path
+from safetensors.torch import save_file
+from pastflow.models.train import pretrain
+
+logging.basicConfig(level=logging.INFO)
+config, samples, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
+result = pretrain(config, samples, out, progress=False)
+state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
+save_file(state, str(out / f"rank{os.environ['RANK']}.safetensors"))
+"""
+
+
+def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(cohort, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    config = json.loads(json.dumps(CONFIG))
+    config["model"]["spatial"]["k"] = 0
+    config["train"].update(steps=6, checkpoint_every=100)
+    out = tmp_path / "ddp"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node=2", str(driver), json.dumps(config),
+                          json.dumps(samples_of(cohort)), str(out)],
+                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "rank 1 of 2 on cpu (gloo)" in run.stderr
+    rank0 = load_file(out / "rank0.safetensors")
+    rank1 = load_file(out / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    # They trained: the weights moved from the initial ones (same seed, same config).
+    trained = load_checkpoint(out / "model").model
+    torch.manual_seed(config["seed"])
+    initial = PastModel(trained.config)
+    assert not torch.equal(initial.image_projection.project.weight,
+                           trained.image_projection.project.weight)
+    assert len(pd.read_csv(out / "metrics.tsv", sep="\t")) == 6
+
+
+def test_cli_reads_the_pretrain_section_and_reports_bad_input(cohort, tmp_path, capsys):
+    path = tmp_path / "workflow.yaml"
+    path.write_text(yaml.safe_dump({"samples": "x.tsv", "pretrain": {"train": {"steps": 3}}}))
+    assert read_config(path) == {"train": {"steps": 3}}
+    path.write_text(yaml.safe_dump({"pretrain": {"train": {"stepz": 3}}}))
+    with pytest.raises(InputError, match=r"workflow\.yaml: unknown config key 'train\.stepz'"):
+        read_config(path)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(CONFIG))
+    args = cli_args(cohort, good, tmp_path / "out")
+    tables_at = args.index("--tables")
+    assert cli_main(args[:tables_at + 2] + args[tables_at + 3:]) == 2  # 2 stores, 1 table
+    assert "give one QC table per patch store" in capsys.readouterr().err
+    assert cli_main(cli_args(cohort, tmp_path / "absent.yaml", tmp_path / "out")) == 2
+    assert "absent.yaml: config file not found" in capsys.readouterr().err

@@ -1,0 +1,366 @@
+"""Training data: cells of several samples, each a patch joined to its expression by cell id.
+
+One sample = a patch store (``results/patches/{sample}.h5``, :class:`PatchStore`) + its QC
+table (``results/qc/{sample}.h5ad``: ``layers["counts"]`` raw, ``X`` log1p-normalised,
+``var["highly_variable"]``, ``obs["cell_id"]``). :class:`CellDataset` keeps the cells found in
+both (and inside the slide) and serves, per cell, the tensors of a model batch (see
+:mod:`pastflow.models.model`) plus ``index`` (its position in the dataset), ``sample`` and
+``neighbors`` (the dataset indices of its k nearest cells in the same sample, -1 = none).
+
+Expression is over one cohort gene list (genes a sample did not measure are 0 and masked);
+pathway scores are computed per sample (z-scores are relative to the sample's own cells,
+which also removes per-sample shifts) over one cohort pathway list, likewise masked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from pastflow.errors import InputError
+from pastflow.models.augment import Augmentation, augment_patch, normalize_patch
+from pastflow.models.pathways import GeneSet, default_gmt_path, read_gmt, score_pathways
+from pastflow.patches.reader import PatchStore
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_qc_table(path: str | Path):
+    """Read a QC AnnData and check it has what training needs; InputError naming what lacks."""
+    import anndata as ad
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "QC table not found")
+    try:
+        adata = ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(path, f"not a readable AnnData file ({err})") from None
+    if "counts" not in adata.layers:
+        raise InputError(path, 'no layers["counts"] (raw counts); was it written by pastflow qc?')
+    if "cell_id" not in adata.obs:
+        raise InputError(path, 'no obs["cell_id"]')
+    if "highly_variable" not in adata.var:
+        raise InputError(path, 'no var["highly_variable"]')
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(path, f"empty table ({adata.n_obs} cells x {adata.n_vars} genes)")
+    return adata
+
+
+def select_cohort_genes(tables: Sequence, n_genes: int | None) -> list[str]:
+    """The genes flagged highly variable in the most samples, at most ``n_genes``.
+
+    Ties keep the order of first appearance (sample order, then the table's gene order),
+    so the list is reproducible.
+    """
+    votes: Counter = Counter()
+    first_seen: dict[str, int] = {}
+    for adata in tables:
+        for gene in adata.var_names[adata.var["highly_variable"].to_numpy(bool)]:
+            votes[gene] += 1
+            first_seen.setdefault(gene, len(first_seen))
+    genes = sorted(votes, key=lambda g: (-votes[g], first_seen[g]))
+    return genes if n_genes is None else genes[:int(n_genes)]
+
+
+def gene_selection_matrix(sample_genes: Sequence[str], cohort_genes: Sequence[str]) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(P, measured)``: ``X @ P`` puts a sample's columns in cohort order (missing genes = 0);
+    ``measured`` ``bool (G,)`` says which cohort genes the sample has."""
+    column = {g: i for i, g in enumerate(sample_genes)}
+    pairs = [(column[g], j) for j, g in enumerate(cohort_genes) if g in column]
+    rows = np.fromiter((r for r, _ in pairs), np.int64, len(pairs))
+    cols = np.fromiter((c for _, c in pairs), np.int64, len(pairs))
+    selection = sp.csr_matrix((np.ones(len(pairs), np.float32), (rows, cols)),
+                              shape=(len(sample_genes), len(cohort_genes)))
+    measured = np.zeros(len(cohort_genes), bool)
+    measured[cols] = True
+    return selection, measured
+
+
+def nearest_neighbors(xy: np.ndarray, k: int, max_distance: float | None = None) -> np.ndarray:
+    """Indices ``int64 (n, k)`` of each point's ``k`` nearest other points (-1 = none: fewer
+    than ``k`` others, or farther than ``max_distance``, in the units of ``xy``)."""
+    from scipy.spatial import cKDTree
+
+    n = len(xy)
+    neighbors = np.full((n, k), -1, np.int64)
+    if k == 0 or n < 2:
+        return neighbors
+    kq = min(k + 1, n)
+    distance, index = cKDTree(xy).query(xy, k=kq)
+    distance, index = distance.reshape(n, kq), index.reshape(n, kq)
+    # Drop each point itself. Among duplicate positions it need not come first, or at all:
+    # then drop the farthest instead, so that every row keeps kq - 1 others.
+    is_self = index == np.arange(n)[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    found = index[~is_self].reshape(n, kq - 1)
+    if max_distance is not None:
+        found[distance[~is_self].reshape(n, kq - 1) > max_distance] = -1
+    neighbors[:, :kq - 1] = found
+    return neighbors
+
+
+class _Sample:
+    """One sample's joined cells, in arrays the dataset indexes."""
+
+    def __init__(self, name: str, store: PatchStore, store_rows: np.ndarray, expression: sp.csr_matrix,
+                 counts: sp.csr_matrix, gene_mask: np.ndarray, pathways: np.ndarray,
+                 pathway_mask: np.ndarray, neighbors: np.ndarray):
+        self.name, self.store, self.store_rows = name, store, store_rows
+        self.expression, self.counts, self.gene_mask = expression, counts, gene_mask
+        self.library = np.asarray(counts.sum(axis=1), np.float32).ravel()
+        self.pathways, self.pathway_mask, self.neighbors = pathways, pathway_mask, neighbors
+
+
+class CellDataset(Dataset):
+    """Cells of several samples; item ``i`` is a dict of tensors (see the module docstring).
+
+    Args:
+        stores, tables: per sample, the patch store (``.h5``) and the QC table (``.h5ad``).
+        genes: the cohort gene list; default: :func:`select_cohort_genes` with ``n_genes``.
+        gene_sets: a GMT path or parsed sets; default: ``resources/pathways/pastflow_default.gmt``.
+        pathways: the cohort pathway list; default: every set kept in at least one sample;
+            ``[]``: no pathway scores (nothing is scored).
+        pathway_method, pathway_min_genes: see :func:`pastflow.models.pathways.score_pathways`.
+        k_neighbors: neighbours per cell (0 = none); ``neighbor_radius_um`` masks far ones.
+        patch_px: crop size read from the stores (default: the stores' own patch size).
+        mean, std: per-channel normalisation of patches in [0, 1].
+        augmentation: None = none (evaluation).
+        seed: with the epoch (:meth:`set_epoch`) and the index, seeds each item's augmentation.
+
+    Attributes: ``genes``, ``pathways``, ``samples`` (names), ``coverage`` (pathway coverage:
+    one row per sample and gene set), ``patch_px``, ``offsets`` (first dataset index of each
+    sample, plus the total).
+    """
+
+    def __init__(self, stores: Sequence[str | Path], tables: Sequence[str | Path], *,
+                 genes: Sequence[str] | None = None, n_genes: int | None = 2000,
+                 gene_sets: str | Path | Sequence[GeneSet] | None = None,
+                 pathways: Sequence[str] | None = None, pathway_method: str = "mean_z",
+                 pathway_min_genes: int = 3, k_neighbors: int = 0,
+                 neighbor_radius_um: float | None = None, patch_px: int | None = None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 augmentation: Augmentation | None = Augmentation(), seed: int = 0):
+        if len(stores) != len(tables) or not stores:
+            raise InputError(None, f"need one QC table per patch store, got {len(stores)} stores "
+                                   f"and {len(tables)} tables")
+        adatas = [read_qc_table(t) for t in tables]
+        self.genes = list(genes) if genes is not None else select_cohort_genes(adatas, n_genes)
+        if not self.genes:
+            raise InputError(tables[0], "no highly variable gene in any table; no cohort genes")
+        gmt = default_gmt_path() if gene_sets is None else gene_sets
+        if pathways is not None and len(pathways) == 0:
+            gene_sets = []
+        elif isinstance(gmt, (str, Path)):
+            gene_sets = read_gmt(gmt)
+        self.k_neighbors, self.seed, self.epoch = int(k_neighbors), int(seed), 0
+        self.mean, self.std, self.augmentation = tuple(mean), tuple(std), augmentation
+
+        scored = [score_pathways(a.X, a.var_names, gene_sets, method=pathway_method,
+                                 min_genes=pathway_min_genes) for a in adatas]
+        source = gmt if isinstance(gmt, (str, Path)) else None
+        if pathways is None:
+            kept = set().union(*(s.names for s in scored))
+            if not kept:
+                raise InputError(source, f"no gene set has >= {pathway_min_genes} genes measured "
+                                         "in any sample; give other gene sets or turn the "
+                                         "pathway losses off")
+            pathways = [s.name for s in gene_sets if s.name in kept]
+        unknown = sorted(set(pathways) - {s.name for s in gene_sets})
+        if unknown:
+            raise InputError(source, f"{len(unknown)} of the model's pathways are not gene sets "
+                                     f"here (first: {unknown[0]!r})")
+        self.pathways = list(pathways)
+        names = [str(a.uns.get("pastflow", {}).get("sample", Path(t).stem)) for a, t in zip(adatas, tables)]
+        self.coverage = pd.concat([s.coverage.assign(sample=n).reset_index()
+                                   for s, n in zip(scored, names)], ignore_index=True)
+
+        self._samples: list[_Sample] = []
+        offset = 0
+        for store_path, table_path, adata, score, name in zip(stores, tables, adatas, scored, names):
+            sample = self._join(name, PatchStore(store_path), table_path, adata, score, offset,
+                                neighbor_radius_um)
+            self._samples.append(sample)
+            offset += len(sample.store_rows)
+        self.offsets = np.cumsum([0] + [len(s.store_rows) for s in self._samples])
+        self.samples = names
+        sizes = {int(s.store.patch_px) for s in self._samples}
+        if patch_px is None and len(sizes) > 1:
+            raise InputError(stores[0], f"the stores have different patch sizes {sorted(sizes)}; "
+                                        "set data.patch_px")
+        self.patch_px = int(patch_px) if patch_px is not None else sizes.pop()
+        mpps = [float(s.store.mpp) for s in self._samples]
+        if max(mpps) > 1.05 * min(mpps):
+            log.warning("patch stores differ in resolution (%.3f to %.3f um/px)", min(mpps), max(mpps))
+        log.info("%d cells from %d samples, %d cohort genes, %d pathways", len(self),
+                 len(self._samples), len(self.genes), len(self.pathways))
+
+    def _join(self, name, store: PatchStore, table_path, adata, score, offset: int,
+              radius_um: float | None) -> _Sample:
+        table_ids = adata.obs["cell_id"].astype(str).to_numpy()
+        row_of = {cid: i for i, cid in enumerate(store.cell_ids)}
+        store_rows = np.array([row_of.get(cid, -1) for cid in table_ids], np.int64)
+        keep = store_rows >= 0
+        if not keep.any():
+            raise InputError(table_path, f"none of its {len(table_ids)} cell ids is in the patch "
+                                         f"store {store.path}")
+        inside = np.zeros(len(keep), bool)
+        inside[keep] = np.asarray(store.in_slide)[store_rows[keep]]
+        if (keep & ~inside).any():
+            log.warning("%s: %d cells lie outside the slide; left out", name, (keep & ~inside).sum())
+        if (~keep).any():
+            log.warning("%s: %d of %d cells have no patch in %s; left out", name, (~keep).sum(),
+                        len(keep), store.path)
+        keep &= inside
+        if not keep.any():
+            raise InputError(table_path, "no cell of the table lies inside the slide")
+        rows = np.flatnonzero(keep)
+        selection, gene_mask = gene_selection_matrix(adata.var_names, self.genes)
+        expression = (sp.csr_matrix(adata.X[rows], dtype=np.float32) @ selection).tocsr()
+        counts = (sp.csr_matrix(adata.layers["counts"][rows], dtype=np.float32) @ selection).tocsr()
+        if not gene_mask.any():
+            raise InputError(table_path, "measures none of the cohort genes")
+        column = {p: j for j, p in enumerate(score.names)}
+        pathways = np.zeros((len(rows), len(self.pathways)), np.float32)
+        pathway_mask = np.zeros(len(self.pathways), bool)
+        for j, pathway in enumerate(self.pathways):
+            if pathway in column:
+                pathways[:, j] = score.scores[rows, column[pathway]]
+                pathway_mask[j] = True
+        store_rows = store_rows[rows]
+        neighbors = np.full((len(rows), self.k_neighbors), -1, np.int64)
+        if self.k_neighbors:
+            xy = np.asarray(store.xy_level0)[store_rows]
+            slide_mpp = float(store.attrs.get("slide_mpp", store.mpp))
+            local = nearest_neighbors(xy * slide_mpp, self.k_neighbors, radius_um)
+            neighbors = np.where(local >= 0, local + offset, -1)
+        log.info("%s: %d cells, %d/%d cohort genes measured, %d/%d pathways scored", name,
+                 len(rows), gene_mask.sum(), len(self.genes), pathway_mask.sum(), len(self.pathways))
+        return _Sample(name, store, store_rows, expression, counts, gene_mask, pathways,
+                       pathway_mask, neighbors)
+
+    # -- items -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations of epoch ``epoch`` (call before creating the epoch's iterator)."""
+        self.epoch = int(epoch)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Dataset index -> ``(sample number, row within the sample)``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"cell {index} out of range [0, {len(self)})")
+        s = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return s, int(index - self.offsets[s])
+
+    def _patch(self, sample: _Sample, row: int, rng: np.random.Generator) -> np.ndarray:
+        raw = sample.store.read([sample.store_rows[row]], size=self.patch_px)[0]
+        return normalize_patch(augment_patch(raw, rng, self.augmentation), self.mean, self.std)
+
+    def __getitem__(self, index: int) -> dict:
+        s, row = self.locate(int(index))
+        sample = self._samples[s]
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        item = {
+            "index": torch.tensor(int(index)),
+            "sample": torch.tensor(s),
+            "patch": torch.from_numpy(self._patch(sample, row, rng)),
+            "expression": torch.from_numpy(sample.expression[row].toarray().ravel()),
+            "gene_mask": torch.from_numpy(sample.gene_mask.copy()),
+            "counts": torch.from_numpy(sample.counts[row].toarray().ravel()),
+            "library_size": torch.tensor(sample.library[row]),
+            "pathways": torch.from_numpy(sample.pathways[row].copy()),
+            "pathway_mask": torch.from_numpy(sample.pathway_mask.copy()),
+        }
+        if self.k_neighbors:
+            neighbors = sample.neighbors[row]
+            patches = np.zeros((self.k_neighbors, 3, self.patch_px, self.patch_px), np.float32)
+            for j, neighbor in enumerate(neighbors):
+                if neighbor >= 0:
+                    n_rng = np.random.default_rng((self.seed, self.epoch, int(index), j + 1))
+                    patches[j] = self._patch(sample, int(neighbor - self.offsets[s]), n_rng)
+            item["neighbors"] = torch.from_numpy(neighbors.copy())
+            item["neighbor_mask"] = torch.from_numpy(neighbors >= 0)
+            item["neighbor_patches"] = torch.from_numpy(patches)
+        return item
+
+
+def dataset_from_config(config: dict, stores: Sequence, tables: Sequence) -> CellDataset:
+    """A :class:`CellDataset` for a resolved config (``data`` section, ``model.spatial.k``,
+    and ``model.genes`` / ``model.pathways`` when already set, e.g. on resume)."""
+    data, model = config["data"], config["model"]
+    pathways = model.get("pathways")
+    if pathways is None and not (model["losses"]["pathway_clip"] or model["losses"]["pathway_regression"]):
+        pathways = []  # no pathway loss: do not score
+    return CellDataset(
+        stores, tables, genes=model.get("genes") or data.get("genes"), n_genes=data["n_genes"],
+        gene_sets=data["gene_sets"], pathways=pathways,
+        pathway_method=data["pathway_method"], pathway_min_genes=data["pathway_min_genes"],
+        k_neighbors=model["spatial"]["k"], neighbor_radius_um=data["neighbor_radius_um"],
+        patch_px=data["patch_px"], mean=data["mean"], std=data["std"],
+        augmentation=Augmentation(**data["augment"]), seed=config["seed"])
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (shuffled, seeded per epoch, drop_last) that can start an epoch
+    part-way: after :meth:`set_position` it skips the batches this rank already trained on,
+    so a resumed run sees exactly the cells the uninterrupted one would have."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=True)
+        self.start = 0
+
+    def set_position(self, epoch: int, batches_done: int, batch_size: int) -> None:
+        self.set_epoch(epoch)
+        self.start = batches_done * batch_size
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and random from the worker's torch seed
+    (torch seeds each worker ``base_seed + worker_id``), and ignore SIGTERM/SIGUSR1.
+
+    Slurm signals every process of a job; a worker killed by it would crash the main process
+    before it could save. The main process handles the signal and shuts its workers down.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    for stop_signal in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(stop_signal, signal.SIG_IGN)
+
+
+def make_loader(dataset: CellDataset, sampler, batch_size: int, num_workers: int,
+                seed: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader streaming the stores with ``num_workers`` processes; full batches only.
+
+    The workers' base seed is drawn from a generator of its own, not from torch's global
+    one, so creating a loader does not shift the random stream of the training step.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=True, worker_init_fn=init_worker, generator=generator,
+                      pin_memory=pin_memory, persistent_workers=False)

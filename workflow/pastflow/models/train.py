@@ -1,0 +1,345 @@
+"""``pretrain``: the PAST/STAMP pretraining loop, resumable exactly, on one or many processes.
+
+- AdamW (no weight decay on biases, norms, temperatures, dispersions), linear warm-up then
+  cosine decay, gradient clipping; bf16 autocast on CUDA, fp32 on CPU.
+- DistributedDataParallel when launched by torchrun (``WORLD_SIZE > 1``): NCCL on GPUs,
+  gloo on CPUs; a :class:`~pastflow.models.data.ResumableSampler` per rank. ``train.batch_size``
+  is per process, and contrastive negatives are the process's own batch.
+- A checkpoint every ``train.checkpoint_every`` steps, at the end, and on SIGTERM or SIGUSR1
+  (Slurm's pre-emption and time-limit signals): the handler only sets a flag; the loop
+  finishes the current step, saves, and :func:`pretrain` returns with ``preempted=True``
+  (the CLI then exits with :data:`EXIT_PREEMPTED`).
+- Run again with the same output directory, it resumes from the newest checkpoint exactly:
+  model, optimizer, scheduler, step, every rank's RNG states, the sampler's position in the
+  epoch. Augmentations are seeded by (seed, epoch, cell), so the resumed run's final weights
+  equal an uninterrupted run's.
+
+Outputs under ``out_dir``: ``checkpoints/step_*/`` (the newest ``train.keep_checkpoints``),
+``model/`` (the final model: ``model.safetensors`` + ``config.json``), ``metrics.tsv`` (one row
+per step: total loss, each part, learning rate, temperature), ``training_curves.png`` and
+``pathway_coverage.tsv`` (per sample and gene set: member genes measured, kept or not).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from pastflow.atomic import atomic_path
+from pastflow.errors import InputError
+from pastflow.models import checkpoint as ckpt
+from pastflow.models.config import resolve_config
+from pastflow.models.curves import plot_training_curves
+from pastflow.models.data import ResumableSampler, dataset_from_config, make_loader
+from pastflow.models.distributed import DistContext, init_distributed, shutdown_distributed
+from pastflow.models.model import PastModel
+from pastflow.models.serialize import (optimizer_from_state, optimizer_to_state, rng_from_state,
+                                       rng_to_state, scheduler_from_state, scheduler_to_state)
+from pastflow.models.weights import read_state_dict
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; the checkpoint to resume from is saved
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`pretrain` did: the bare model (this rank's), the steps done, whether it
+    stopped on a signal, the per-step ``history`` and the resolved ``config``."""
+
+    model: PastModel
+    step: int
+    preempted: bool
+    history: pd.DataFrame
+    config: dict
+    out_dir: Path
+
+
+class StopRequest:
+    """Context manager: while active, SIGTERM/SIGUSR1 set ``requested`` instead of killing."""
+
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signals, self.requested, self._previous = signals, False, {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequest":
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cosine_schedule(warmup_steps: int, total_steps: int, min_ratio: float):
+    """``lr(step) / lr``: linear warm-up over ``warmup_steps``, then cosine to ``min_ratio``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two AdamW groups: matrices decay; vectors and scalars
+    (biases, norms, log-temperatures, log-dispersions) do not."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class _Run:
+    """The state a checkpoint holds, and how to save and restore it."""
+
+    def __init__(self, config: dict, model: PastModel, optimizer, scheduler, context: DistContext):
+        self.config, self.model, self.optimizer, self.scheduler = config, model, optimizer, scheduler
+        self.context = context
+        self.step = self.epoch = self.batches_done = 0
+        self.history: list[list[float]] = []
+        self.columns: list[str] = []
+
+    def save(self, root: Path) -> None:
+        # Every rank's RNG state travels to rank 0, so that each rank resumes its own stream.
+        rng = self.context.gather(rng_to_state())
+        if not self.context.is_main:
+            return
+        optimizer_meta, tensors = optimizer_to_state(self.optimizer)
+        rng_meta = []
+        for rank, (meta, rng_tensors) in enumerate(rng):
+            rng_meta.append(meta)
+            tensors.update({f"rank{rank}.{k}": v for k, v in rng_tensors.items()})
+        tensors["history"] = torch.tensor(self.history, dtype=torch.float64).reshape(
+            len(self.history), len(self.columns))
+        training = {"epoch": self.epoch, "batches_done": self.batches_done,
+                    "world_size": self.context.world_size, "scheduler": scheduler_to_state(self.scheduler),
+                    "optimizer": optimizer_meta, "rng": rng_meta, "history_columns": self.columns}
+        ckpt.save_checkpoint(ckpt.checkpoint_dir(root, self.step), self.model, self.config,
+                             step=self.step, training=training, tensors=tensors)
+        ckpt.prune_checkpoints(root, int(self.config["train"]["keep_checkpoints"]))
+
+    def restore(self, path: Path) -> None:
+        document = ckpt.read_checkpoint_config(path)
+        training = document["training"]
+        if training is None:
+            raise InputError(path / ckpt.CONFIG_FILE, "a model-only checkpoint cannot be resumed")
+        state = read_state_dict(path / ckpt.MODEL_FILE)
+        ckpt.check_state_dict(self.model, state, path / ckpt.MODEL_FILE)
+        self.model.load_state_dict(state)
+        tensors = read_state_dict(path / ckpt.STATE_FILE)
+        optimizer_from_state(self.optimizer, training["optimizer"], tensors)
+        scheduler_from_state(self.scheduler, training["scheduler"])
+        rank = self.context.rank
+        if training["world_size"] == self.context.world_size:
+            prefix = f"rank{rank}."
+            rng_from_state(training["rng"][rank], {k[len(prefix):]: v for k, v in tensors.items()
+                                                   if k.startswith(prefix)})
+        else:
+            log.warning("checkpoint of %d processes resumed on %d: random streams restart from "
+                        "the seed (the run continues, not bit-for-bit)", training["world_size"],
+                        self.context.world_size)
+            seed_everything(int(self.config["seed"]) + 1000 * document["step"] + rank)
+        self.step, self.epoch = int(document["step"]), int(training["epoch"])
+        self.batches_done = int(training["batches_done"])
+        self.columns = list(training["history_columns"])
+        self.history = tensors["history"].tolist()
+        log.info("resumed from %s: step %d, epoch %d, batch %d", path, self.step, self.epoch,
+                 self.batches_done)
+
+    def record(self, total: torch.Tensor, parts: dict, temperature: float | None) -> None:
+        row = {"step": self.step, "epoch": self.epoch, "loss": total.item(),
+               **{k: v.item() for k, v in parts.items()}, "lr": self.scheduler.get_last_lr()[0]}
+        if temperature is not None:
+            row["temperature"] = temperature
+        if not self.columns:
+            self.columns = list(row)
+        self.history.append([row.get(c, float("nan")) for c in self.columns])
+
+    def history_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.history, columns=self.columns)
+        for column in ("step", "epoch"):
+            if column in frame:
+                frame[column] = frame[column].astype(int)
+        return frame
+
+
+def _prepare_config(config: dict, root: Path) -> tuple[dict, Path | None]:
+    """The run's config, or the newest checkpoint's when resuming (after checking they agree)."""
+    config = resolve_config(config)
+    latest = ckpt.latest_checkpoint(root)
+    if latest is None:
+        return config, None
+    document = ckpt.read_checkpoint_config(latest)
+    ckpt.check_resumable(document["config"], config, latest / ckpt.CONFIG_FILE)
+    resumed = document["config"]
+    # Operational settings (checkpoint frequency, workers, logging) are this run's.
+    for key in ckpt.OPERATIONAL_KEYS:
+        section, name = key.split(".")
+        resumed[section][name] = config[section][name]
+    return resumed, latest
+
+
+def pretrain(config: dict, samples: Sequence[tuple[str | Path, str | Path]],
+             out_dir: str | Path, *, progress: bool = True) -> TrainResult:
+    """Pretrain a :class:`PastModel` on ``samples`` (``(patch store, QC table)`` pairs).
+
+    ``config`` is a user config (merged over :data:`pastflow.models.config.DEFAULTS`). Resumes
+    from ``out_dir/checkpoints`` when it holds a checkpoint of the same config.
+
+    Raises:
+        InputError: bad config or data; a checkpoint in ``out_dir`` from another config.
+    """
+    out_dir = Path(out_dir)
+    root = out_dir / "checkpoints"
+    context = init_distributed()
+    try:
+        return _pretrain(config, samples, out_dir, root, context, progress)
+    finally:
+        shutdown_distributed(context)
+
+
+def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
+              progress: bool) -> TrainResult:
+    config, latest = _prepare_config(config, root)
+    train = config["train"]
+    seed_everything(int(config["seed"]) + context.rank)
+    stores, tables = [s for s, _ in samples], [t for _, t in samples]
+    dataset = dataset_from_config(config, stores, tables)
+    model_config = config["model"]
+    if latest is None:
+        model_config.update(genes=dataset.genes, pathways=dataset.pathways,
+                            image_px=dataset.patch_px)
+    elif dataset.patch_px != model_config["image_px"]:
+        raise InputError(stores[0], f"patches of {dataset.patch_px} px; the checkpoint was "
+                                    f"trained on {model_config['image_px']} px")
+    # Same initial weights on every rank (DDP also broadcasts rank 0's); then per-rank streams.
+    torch.manual_seed(int(config["seed"]))
+    # When resuming, the checkpoint holds every tensor: no need to read local foundation weights.
+    model = PastModel(model_config, load_pretrained=latest is None).to(context.device)
+    seed_everything(int(config["seed"]) + context.rank)
+    optimizer = torch.optim.AdamW(parameter_groups(model, float(train["weight_decay"])),
+                                  lr=float(train["lr"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
+        int(train["warmup_steps"]), int(train["steps"]), float(train["min_lr_ratio"])))
+    run = _Run(config, model, optimizer, scheduler, context)
+    if latest is not None:
+        run.restore(latest)
+    network = (DistributedDataParallel(model, device_ids=[context.device.index]
+                                       if context.device.type == "cuda" else None)
+               if context.distributed else model)
+
+    batch_size, steps = int(train["batch_size"]), int(train["steps"])
+    sampler = ResumableSampler(dataset, context.world_size, context.rank, int(config["seed"]))
+    batches_per_epoch = sampler.num_samples // batch_size
+    if batches_per_epoch == 0:
+        raise InputError(tables[0], f"{len(dataset)} cells over {context.world_size} processes "
+                                    f"make no full batch of {batch_size}")
+    autocast = torch.autocast(context.device.type, dtype=torch.bfloat16,
+                              enabled=context.device.type == "cuda")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    preempted, start = False, time.perf_counter()
+    from tqdm import tqdm
+
+    with StopRequest() as stop, tqdm(total=steps, initial=run.step, unit="step", desc="pretrain",
+                                     disable=not (progress and context.is_main)) as bar:
+        while run.step < steps and not preempted:
+            sampler.set_position(run.epoch, run.batches_done, batch_size)
+            dataset.set_epoch(run.epoch)
+            loader = make_loader(dataset, sampler, batch_size, int(train["num_workers"]),
+                                 int(config["seed"]) + run.epoch,
+                                 pin_memory=context.device.type == "cuda")
+            for batch in loader:
+                total, parts, outputs = _train_step(network, model, batch, optimizer, scheduler,
+                                                    autocast, trainable, float(train["grad_clip"]),
+                                                    context.device)
+                run.step += 1
+                run.batches_done += 1
+                scale = outputs.get("logit_scale")
+                run.record(total, parts, None if scale is None else 1.0 / scale.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{total.item():.4f}")
+                if run.step % int(train["log_every"]) == 0 and context.is_main:
+                    log.info("step %d/%d loss %.4f (%s)", run.step, steps, total.item(),
+                             ", ".join(f"{k} {v.item():.4f}" for k, v in parts.items()))
+                preempted = context.any(stop.requested)
+                if preempted or run.step % int(train["checkpoint_every"]) == 0 or run.step == steps:
+                    run.save(root)
+                    context.barrier()
+                if preempted or run.step >= steps:
+                    break
+            else:
+                run.epoch, run.batches_done = run.epoch + 1, 0
+
+    history = run.history_frame()
+    if preempted:
+        log.warning("stopped by a signal at step %d of %d; checkpoint saved, run again to resume",
+                    run.step, steps)
+    elif context.is_main:
+        _write_outputs(out_dir, model, config, run.step, history, dataset.coverage)
+        log.info("pretrained %d steps in %.1f s -> %s", run.step, time.perf_counter() - start,
+                 out_dir)
+    context.barrier()
+    return TrainResult(model, run.step, preempted, history, config, out_dir)
+
+
+def _train_step(network, model: PastModel, batch: dict, optimizer, scheduler, autocast,
+                trainable: list, grad_clip: float, device: torch.device):
+    """One optimizer step on ``batch``; returns ``(total, parts, outputs)``."""
+    batch = _to_device(batch, device)
+    model.train()
+    with autocast:
+        outputs = network(batch)  # through the DDP wrapper, which syncs the gradients
+    total, parts = model.compute_loss(outputs, batch)  # fp32: outputs are cast in forward
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return total.detach(), {k: v.detach() for k, v in parts.items()}, outputs
+
+
+def _write_outputs(out_dir: Path, model: PastModel, config: dict, step: int,
+                   history: pd.DataFrame, coverage: pd.DataFrame) -> None:
+    import matplotlib.pyplot as plt
+
+    ckpt.save_checkpoint(out_dir / "model", model, config, step=step)
+    with atomic_path(out_dir / "metrics.tsv") as tmp:
+        history.to_csv(tmp, sep="\t", index=False)
+    with atomic_path(out_dir / "pathway_coverage.tsv") as tmp:
+        coverage.to_csv(tmp, sep="\t", index=False)
+    figure = plot_training_curves(history, out_dir / "training_curves.png",
+                                  title=f"pretraining: {config['model']['image']['name']} + "
+                                        f"{config['model']['expression']['name']}")
+    plt.close(figure)
+
