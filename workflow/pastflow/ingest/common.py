@@ -189,7 +189,37 @@ def looks_like_counts(matrix) -> bool:
     """True when every stored value is a non-negative integer (raw counts, not normalised data)."""
     values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix).ravel()
     values = np.asarray(values)
-    return bool(values.size == 0 or (values.min() >= 0 and np.all(np.mod(values, 1) == 0)))
+    with np.errstate(invalid="ignore"):  # inf and NaN are not counts (check_values refuses them)
+        return bool(values.size == 0 or (values.min() >= 0 and np.all(np.mod(values, 1) == 0)))
+
+
+def check_values(parts: SampleParts, source: str | Path) -> None:
+    """Refuse NaN or infinite counts and coordinates (:class:`InputError` naming ``source``,
+    the file they came from); log cells without a single count (kept: QC filters them).
+
+    Counts may be processed values (``x_is_counts`` False) but never non-finite: every later
+    stage would silently propagate them. A cell without a position cannot have a patch.
+    """
+    counts = parts.counts
+    values = np.asarray(counts.data if sparse.issparse(counts) else counts)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        kinds = " and ".join(k for k, n in (("NaN", np.isnan(values).sum()),
+                                            ("infinite", np.isinf(values).sum())) if n)
+        raise InputError(source, f"the count matrix holds {int(bad.sum())} {kinds} value(s); "
+                                 "expected finite counts")
+    xy = np.asarray(parts.xy_vendor, dtype=np.float64)
+    no_position = ~np.isfinite(xy).all(axis=1)
+    if no_position.any():
+        first = np.asarray(parts.cell_ids)[no_position][0]
+        raise InputError(source, f"{int(no_position.sum())} of {len(xy)} cells have a NaN or "
+                                 f"infinite position (first: {first!r})")
+    if counts.shape[1]:  # H&E-only samples have no genes
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        n_empty = int((totals == 0).sum())
+        if n_empty:
+            log.warning("%s: %d of %d cells have zero counts (kept; qc filters them)", source,
+                        n_empty, len(totals))
 
 
 def build_table(parts: SampleParts, sample: str, patient: str, uns: dict):

@@ -55,9 +55,15 @@ def read_selection(path: str | Path) -> pd.DataFrame:
         raise InputError(path, f"missing column(s) {', '.join(missing)}; a spot selection needs "
                                f"{', '.join(SELECTION_COLUMNS)} (and 'selected')")
     if "selected" in table.columns:
-        table = table[table["selected"].astype(int) == 1]
+        table = table[pd.to_numeric(table["selected"], errors="coerce") == 1]
     if table.empty:
         raise InputError(path, "no selected spots")
+    for column in SELECTION_COLUMNS:  # unselected spots may lack values; selected ones may not
+        bad = ~np.isfinite(pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64))
+        if bad.any():
+            raise InputError(path, f"column '{column}': {int(bad.sum())} selected spot(s) with a "
+                                   f"missing, non-numeric or infinite value (first on line "
+                                   f"{int(table.index[np.argmax(bad)]) + 2})")
     table = table.copy()
     table["spot_id"] = table["x"].astype(int).astype(str) + "x" + table["y"].astype(int).astype(str)
     if table["spot_id"].duplicated().any():

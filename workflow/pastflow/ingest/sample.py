@@ -12,7 +12,8 @@ from pathlib import Path
 from pastflow.atomic import atomic_path
 from pastflow.contracts import TECHNOLOGIES
 from pastflow.errors import InputError
-from pastflow.ingest.common import SampleParts, build_sdata, build_table, is_blank, pastflow_uns
+from pastflow.ingest.common import (SampleParts, build_sdata, build_table, check_values, is_blank,
+                                    pastflow_uns)
 from pastflow.ingest.he_image import MAX_IMAGE_SIDE, export_ome_tiff, he_image_element
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def ingest_sample(sample: str, patient: str, technology: str, out: str | Path, *
     parts = read_parts(technology, sample, paths, mpp, progress)
     if len(parts.cell_ids) == 0:
         raise InputError(paths["data"] or paths["image"], "no cells / spots / bins to ingest")
+    check_values(parts, paths["data"] or paths["image"])
     data_path = str(paths["data"].resolve()) if paths["data"] else ""
     table = write_sample(parts, out, sample, patient, technology, data_path, max_image_side)
     log.info("ingested %s (%s): %d cells x %d genes in %.1f s -> %s", sample, technology, table.n_obs,

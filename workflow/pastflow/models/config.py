@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
         "genes": None,           # or an explicit cohort gene list
         "gene_sets": None,       # GMT file; null = resources/pathways/pastflow_default.gmt
         "pathway_method": "mean_z",   # or "aucell"
+        "gene_panel": "union",   # genes missing in a sample are masked; "shared": only genes all measured
         "pathway_min_genes": 3,  # drop a set in a sample with fewer member genes measured
         "neighbor_radius_um": None,   # neighbours farther than this are masked; null = any
         "mean": [0.485, 0.456, 0.406],  # patch normalisation (ImageNet; set a foundation
@@ -129,6 +130,8 @@ def check_config(config: dict, source: str | Path | None = None) -> None:
         fail("model.pathway_head.kind", "must be 'mse' or 'cosine'")
     if data["pathway_method"] not in ("mean_z", "aucell"):
         fail("data.pathway_method", "must be 'mean_z' or 'aucell'")
+    if data["gene_panel"] not in ("union", "shared"):
+        fail("data.gene_panel", "must be 'union' or 'shared'")
     for name, weight in model["losses"].items():
         if not isinstance(weight, (int, float)) or weight < 0:
             fail(f"model.losses.{name}", f"weight must be a number >= 0, got {weight!r}")

@@ -61,20 +61,75 @@ def read_qc_table(path: str | Path):
     return adata
 
 
-def select_cohort_genes(tables: Sequence, n_genes: int | None) -> list[str]:
+# Fewer cohort genes than this cannot carry an image <-> expression alignment.
+MIN_COHORT_GENES = 10
+GENE_PANELS = ("union", "shared")
+
+
+def select_cohort_genes(tables: Sequence, n_genes: int | None, *, panel: str = "union",
+                        min_genes: int = MIN_COHORT_GENES,
+                        sources: Sequence[str | Path] | None = None) -> list[str]:
     """The genes flagged highly variable in the most samples, at most ``n_genes``.
 
     Ties keep the order of first appearance (sample order, then the table's gene order),
     so the list is reproducible.
+
+    Samples whose gene panels differ (a Xenium panel beside a whole-transcriptome Visium):
+
+    - ``panel="union"``: a gene measured in only some samples is kept; samples that lack it
+      get it masked (:func:`gene_selection_matrix`). How many such genes there are is logged.
+    - ``panel="shared"``: only genes measured in every sample are candidates; the highly
+      variable genes outside that shared panel are dropped and their number logged.
+
+    ``sources`` (one path per table) name the files in errors.
+
+    Raises:
+        InputError: fewer than ``min_genes`` genes are measured in every sample (``"shared"``),
+            or fewer cohort genes remain than ``min_genes`` (or ``n_genes``, if smaller).
     """
+    if panel not in GENE_PANELS:
+        raise ValueError(f"panel must be one of {GENE_PANELS}, got {panel!r}")
+    names = [str(s) for s in sources] if sources is not None else [f"table {i + 1}" for i in
+                                                                   range(len(tables))]
+    shared = set(tables[0].var_names).intersection(*(t.var_names for t in tables[1:]))
+    if panel == "shared" and len(shared) < min_genes:
+        # Name the sample that overlaps least with the others: the likely odd one out.
+        overlap = [len(shared) / max(1, t.n_vars) for t in tables]
+        worst = int(np.argmin(overlap))
+        raise InputError(names[worst], f"only {len(shared)} genes are measured in every one of the "
+                                       f"{len(tables)} samples (need >= {min_genes}); this table "
+                                       f"has {tables[worst].n_vars} genes, panels of "
+                                       f"{min(t.n_vars for t in tables)} to "
+                                       f"{max(t.n_vars for t in tables)} genes")
     votes: Counter = Counter()
     first_seen: dict[str, int] = {}
     for adata in tables:
         for gene in adata.var_names[adata.var["highly_variable"].to_numpy(bool)]:
             votes[gene] += 1
             first_seen.setdefault(gene, len(first_seen))
+    n_partial = len(set().union(*(t.var_names for t in tables)) - shared)
+    not_shared = [g for g in votes if g not in shared]
+    if n_partial and panel == "shared":
+        log.warning("gene panels differ between the %d samples: %d genes are not measured in every "
+                    "sample and are dropped (%d of them highly variable%s); %d shared genes remain",
+                    len(tables), n_partial, len(not_shared),
+                    f", e.g. {', '.join(not_shared[:5])}" if not_shared else "", len(shared))
+        for gene in not_shared:
+            del votes[gene]
+    elif not_shared:
+        log.info("gene panels differ between the %d samples: %d highly variable genes are not "
+                 "measured in every sample and are masked where missing (e.g. %s)", len(tables),
+                 len(not_shared), ", ".join(not_shared[:5]))
     genes = sorted(votes, key=lambda g: (-votes[g], first_seen[g]))
-    return genes if n_genes is None else genes[:int(n_genes)]
+    genes = genes if n_genes is None else genes[:int(n_genes)]
+    needed = min_genes if n_genes is None else min(min_genes, int(n_genes))
+    if len(genes) < needed:
+        where = "highly variable and measured in every sample" if panel == "shared" else \
+            "highly variable in some sample"
+        raise InputError(names[0] if len(names) == 1 else None,
+                         f"only {len(genes)} cohort genes remain ({where}; need >= {needed}) "
+                         f"in {', '.join(names)}")
+    return genes
 
 
 def gene_selection_matrix(sample_genes: Sequence[str], cohort_genes: Sequence[str]) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -131,7 +186,9 @@ class CellDataset(Dataset):
 
     Args:
         stores, tables: per sample, the patch store (``.h5``) and the QC table (``.h5ad``).
-        genes: the cohort gene list; default: :func:`select_cohort_genes` with ``n_genes``.
+        genes: the cohort gene list; default: :func:`select_cohort_genes` with ``n_genes``
+            and ``gene_panel`` (``"union"``: genes a sample lacks are masked; ``"shared"``: only
+            genes every sample measured).
         gene_sets: a GMT path or parsed sets; default: ``resources/pathways/pastflow_default.gmt``.
         pathways: the cohort pathway list; default: every set kept in at least one sample;
             ``[]``: no pathway scores (nothing is scored).
@@ -149,6 +206,7 @@ class CellDataset(Dataset):
 
     def __init__(self, stores: Sequence[str | Path], tables: Sequence[str | Path], *,
                  genes: Sequence[str] | None = None, n_genes: int | None = 2000,
+                 gene_panel: str = "union",
                  gene_sets: str | Path | Sequence[GeneSet] | None = None,
                  pathways: Sequence[str] | None = None, pathway_method: str = "mean_z",
                  pathway_min_genes: int = 3, k_neighbors: int = 0,
@@ -159,7 +217,8 @@ class CellDataset(Dataset):
             raise InputError(None, f"need one QC table per patch store, got {len(stores)} stores "
                                    f"and {len(tables)} tables")
         adatas = [read_qc_table(t) for t in tables]
-        self.genes = list(genes) if genes is not None else select_cohort_genes(adatas, n_genes)
+        self.genes = (list(genes) if genes is not None else
+                      select_cohort_genes(adatas, n_genes, panel=gene_panel, sources=tables))
         if not self.genes:
             raise InputError(tables[0], "no highly variable gene in any table; no cohort genes")
         gmt = default_gmt_path() if gene_sets is None else gene_sets
@@ -310,6 +369,7 @@ def dataset_from_config(config: dict, stores: Sequence, tables: Sequence) -> Cel
         pathways = []  # no pathway loss: do not score
     return CellDataset(
         stores, tables, genes=model.get("genes") or data.get("genes"), n_genes=data["n_genes"],
+        gene_panel=data.get("gene_panel", "union"),
         gene_sets=data["gene_sets"], pathways=pathways,
         pathway_method=data["pathway_method"], pathway_min_genes=data["pathway_min_genes"],
         k_neighbors=model["spatial"]["k"], neighbor_radius_um=data["neighbor_radius_um"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from pathlib import Path
 
 from pastflow.errors import InputError
@@ -51,10 +52,9 @@ def read_state_dict(path: str | Path) -> dict:
         except pickle.UnpicklingError as err:
             # weights_only refused a global: the file would run code (a pickled module,
             # optimizer object, custom class...). Never fall back to a full unpickle.
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise InputError(path, "holds pickled code (objects other than tensors), refused; "
                                    "save a plain state dict or safetensors instead "
-                                   f"[{first_line[:200]}]") from None
+                                   f"[{_refused_global(err)}]") from None
         except (RuntimeError, EOFError, OSError, ValueError) as err:
             raise InputError(path, f"not a readable torch weights file ({err})") from None
         state = _unnest(state)
@@ -71,6 +71,16 @@ def read_state_dict(path: str | Path) -> dict:
         state = {k[len("module."):]: v for k, v in state.items()}
     log.info("%s: %d tensors", path, len(state))
     return state
+
+
+def _refused_global(err: Exception) -> str:
+    """What torch's weights-only unpickler refused, in a few words (its message is a page)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it needs {found.group(1)}"
+    first_line = re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0]) if text.strip() else ""
+    return first_line[:200]
 
 
 def _unnest(state):

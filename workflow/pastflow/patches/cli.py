@@ -58,6 +58,8 @@ def read_cells(table_path: Path):
     from pastflow.contracts import TABLE_KEY
     from pastflow.errors import InputError
 
+    if not table_path.exists():
+        raise InputError(table_path, "ingested sample not found")
     group_path = table_path / "tables" / TABLE_KEY
     try:
         group = zarr.open_group(str(group_path), mode="r")

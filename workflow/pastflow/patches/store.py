@@ -204,6 +204,15 @@ def build_patch_store(
             mask = tissue_mask(thumbnail, geometry.mpp * factor)
             in_tissue = in_slide & flag_in_tissue(mask, centers - geometry.margin, factor)
             _write_tissue(tmp, thumbnail, mask, factor, in_tissue)
+    if not in_tissue.any():
+        # Still a valid store (expression-only uses need no image), but worth a loud line.
+        log.warning(
+            "%s: no tissue found on the slide %s: all %d cells are flagged in_tissue=False "
+            "(blank, placeholder or out-of-focus image?)",
+            cells_source,
+            slide_path,
+            len(cell_ids),
+        )
     store_bytes = out_path.stat().st_size
     stats = PatchStoreStats(
         path=str(out_path),

@@ -34,6 +34,10 @@ def run(args) -> None:
     adata = run_qc(raw, thresholds, source=args.table)
     sc.pp.calculate_qc_metrics(raw, percent_top=None, log1p=False, inplace=True)
     thumb, downsample = read_thumbnail(raw.uns["pastflow"]["slide_path"])
+    # zarr lists a group's members in the order its concurrent reads complete, so the uns read
+    # from the ingested sample comes back in a varying order, and the HDF5 layout follows the
+    # write order: sorted keys make the file byte-identical from run to run.
+    adata.uns = sorted_keys(dict(adata.uns))
     with atomic_outputs(args.out, args.fig_distributions, args.fig_spatial) as (out, fd, fs):
         plot_qc_distributions(raw, thresholds, sample, fd)
         plot_qc_spatial(raw, thumb, downsample, sample, fs)
@@ -42,3 +46,10 @@ def run(args) -> None:
         "qc %s: %d/%d cells, %d genes (%d highly variable) in %.1f s", sample, adata.n_obs,
         raw.n_obs, adata.n_vars, int(adata.var["highly_variable"].sum()),
         time.perf_counter() - start)
+
+
+def sorted_keys(value):
+    """``value`` with every dict inside it (recursively) rebuilt in sorted key order."""
+    if isinstance(value, dict):
+        return {key: sorted_keys(value[key]) for key in sorted(value)}
+    return value
