@@ -10,6 +10,8 @@ from pathlib import Path
 
 import anndata as ad
 import h5py
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -19,7 +21,7 @@ SAMPLES = [
     # sample, patient, technology, split
     ("xa", "P1", "xenium", "train"),
     ("vb", "P2", "visium", "train"),
-    ("hd", "P3", "visium_hd", "train"),
+    ("hd", "P3", "visium_hd", "test"),
     ("he", "P4", "he_only", "test"),
 ]
 
@@ -49,6 +51,9 @@ def small_run(tmp_path_factory, repo_root):
     (workdir / "config").mkdir()
     config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     config["simulate"]["n_cells"] = 600
+    # A short pretraining: the model stages' plumbing, not the model's quality.
+    config["pretrain"]["train"].update(steps=20, batch_size=16, warmup_steps=2,
+                                       checkpoint_every=10)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     header = "sample\tpatient\ttechnology\tdata\timage\talignment\tsplit\n"
     (workdir / "config" / "samples.tsv").write_text(
@@ -83,9 +88,36 @@ def test_xenium_sample_has_a_cell_per_patch(small_run):
     assert ids == list(table.obs["cell_id"])
 
 
+def test_model_stages_embed_predict_and_evaluate_every_sample(small_run):
+    results = small_run / "results"
+    model = results / "pretrain" / "model"
+    assert (model / "model.safetensors").is_file() and (model / "config.json").is_file()
+    steps = pd.read_csv(results / "pretrain" / "metrics.tsv", sep="\t")["step"]
+    assert steps.tolist() == list(range(1, 21))
+    assert (results / "pretrain" / "checkpoints" / "step_00000020").is_dir()
+    for sample, _, technology, _ in SAMPLES:
+        embedding = ad.read_h5ad(results / "embed" / f"{sample}.h5ad")
+        assert {"X_image", "X_image_random"} <= set(embedding.obsm)
+        assert ("X_expression" in embedding.obsm) == (technology != "he_only")
+        with h5py.File(results / "patches" / f"{sample}.h5") as store:
+            assert embedding.n_obs == int(store["cells/in_slide"][:].sum())
+        prediction = ad.read_h5ad(results / "predict" / f"{sample}.h5ad")
+        assert prediction.n_obs == embedding.n_obs and np.isfinite(prediction.X).all()
+    # hd is the only test sample with expression: four methods, finite scores.
+    metrics = pd.read_csv(results / "predict" / "metrics.tsv", sep="\t")
+    assert metrics[["sample", "method"]].values.tolist() == [
+        ["hd", m] for m in ("pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder")]
+    assert np.isfinite(metrics["mean_pearson_50"]).all() and (metrics["n_genes"] == 50).all()
+    lopo = pd.read_csv(results / "predict" / "lopo.tsv", sep="\t")
+    assert sorted(set(lopo["patient"])) == ["P1", "P2"]  # the two training patients
+    for figure in ("per_gene.png", "maps.png"):
+        assert (results / "predict" / "figures" / "hd" / figure).stat().st_size > 10_000
+
+
 def test_report_has_every_stage(small_run):
     html = (small_run / "results" / "report.html").read_text(errors="replace")
-    for text in ("QC", "Cell patches", "xa", "he"):
+    for text in ("QC", "Cell patches", "xa", "he", "Model", "training_curves.png",
+                 "metrics.tsv", "maps.png"):
         assert text in html
 
 

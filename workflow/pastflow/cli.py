@@ -20,6 +20,9 @@ STAGE_MODULES = [
     "pastflow.ingest.cli",
     "pastflow.qc.cli",
     "pastflow.patches.cli",
+    "pastflow.models.cli",
+    "pastflow.embed.cli",
+    "pastflow.predict.cli",
 ]
 
 

@@ -1,15 +1,20 @@
 # Config and sample sheet are validated here, before any job runs; a bad sheet stops the
 # workflow with a message naming the file, the line and the column.
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # import pastflow from this checkout
 
 from pastflow.errors import InputError
+from pastflow.models.config import resolve_config
 from pastflow.sheet import load_sample_sheet, validate_config
 
 try:
     validate_config(config, source="config")
+    # The pretrain section is checked against the model's own defaults (a misspelt key
+    # fails here, not after the data stages have run).
+    resolve_config(config.get("pretrain"), source="config: pretrain")
     SIMULATED = config["simulate"]["enabled"]
     # Simulated inputs do not exist yet: the simulate rules create them.
     samples = load_sample_sheet(
@@ -25,6 +30,11 @@ PASTFLOW = (
     f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m pastflow"
 )
 EXPRESSION_SAMPLES = [s for s in SAMPLES if samples.loc[s, "technology"] != "he_only"]
+# Pretraining sees the train and val samples with expression; test samples never.
+PRETRAIN_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] != "test"]
+# Evaluated: the test samples with measured expression.
+EVALUATE_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] == "test"]
+MODEL = "results/pretrain/model"
 SIM_OUT = config["simulate"].get("out", "results/simulated")
 
 
@@ -45,9 +55,25 @@ def ingest_inputs(wildcards):
     return [row[c] for c in ("data", "image", "alignment") if row[c]]
 
 
+def qc_table(wildcards):
+    """The sample's QC table, or nothing for an H&E-only sample."""
+    if wildcards.sample in EXPRESSION_SAMPLES:
+        return f"results/qc/{wildcards.sample}.h5ad"
+    return []
+
+
+def optional_table(wildcards, input):
+    """``--table PATH`` when the job has a QC table input, else nothing."""
+    return f"--table {input.table}" if input.table else ""
+
+
 def all_outputs():
     outputs = expand("results/patches/{sample}.h5", sample=SAMPLES)
     outputs += expand("results/qc/{sample}.h5ad", sample=EXPRESSION_SAMPLES)
     if SIMULATED:
         outputs.append(f"{SIM_OUT}/clinical.tsv")
+    if PRETRAIN_SAMPLES:  # the model stages need samples with expression to train on
+        outputs += expand("results/predict/{sample}.h5ad", sample=SAMPLES)
+        if EVALUATE_SAMPLES:
+            outputs.append("results/predict/metrics.tsv")
     return outputs

@@ -1,0 +1,283 @@
+"""pastflow.predict: per-gene Pearson r, the HEST ridge probe, the four-method evaluation
+(known answers on synthetic arrays), the head's predictions, the figures, and the predict and
+evaluate commands on a real (tiny) pretrained model."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pastflow.errors import InputError
+from pastflow.predict.evaluate import (METHODS, MeasuredSample, evaluate_leave_one_patient_out,
+                                       evaluate_sample, summarise)
+from pastflow.predict.metrics import most_variable_genes, pearson_per_gene
+from pastflow.predict.ridge import fit_hest_ridge
+from test_embed import cohort, embedded, trained  # noqa: F401 (fixtures)
+
+# ----------------------------------------------------------------------------- Pearson r
+
+
+def test_pearson_matches_numpy_and_known_values():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
+    b[:, 0] = 3 * a[:, 0] + 1      # r = 1
+    b[:, 1] = -0.5 * a[:, 1]       # r = -1
+    r = pearson_per_gene(a, b)
+    expected = [np.corrcoef(a[:, j], b[:, j])[0, 1] for j in range(5)]
+    assert r == pytest.approx(expected, abs=1e-12)
+    assert r[0] == pytest.approx(1.0) and r[1] == pytest.approx(-1.0)
+
+
+def test_a_constant_prediction_or_measurement_scores_zero_not_nan():
+    measured = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])
+    constant = np.full((4, 2), 0.7)
+    assert pearson_per_gene(measured, constant).tolist() == [0.0, 0.0]
+    # Column 1 is measured constant: undefined, counted 0, even against a varying prediction.
+    assert pearson_per_gene(measured, measured[::-1] + [[0, 0], [0, 1], [0, 2], [0, 3]])[1] == 0.0
+    # A float32 round-off of a constant is still a constant, not a correlation of +-1.
+    wobble = (np.float32(0.1) * np.ones((4, 1), np.float32) + np.float32(1e-9)).astype(np.float32)
+    wobble[2] = np.nextafter(wobble[2], np.float32(1))
+    assert pearson_per_gene(measured[:, :1], wobble) == pytest.approx([0.0])
+
+
+def test_pearson_rejects_bad_input():
+    with pytest.raises(ValueError, match="differ"):
+        pearson_per_gene(np.zeros((4, 2)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        pearson_per_gene(np.array([[1.0], [np.nan], [2.0]]), np.ones((3, 1)))
+    with pytest.raises(ValueError, match="at least 2"):
+        pearson_per_gene(np.ones((1, 2)), np.ones((1, 2)))
+
+
+def test_most_variable_genes_ranks_by_variance_ties_in_gene_order():
+    x = np.array([[0, 0, 5, 1], [2, 0, 5, 3], [4, 0, 5, 5]], float)  # variances 8/3, 0, 0, 8/3
+    assert most_variable_genes(x, ["a", "b", "c", "d"], 3) == ["a", "d", "b"]
+    assert most_variable_genes(x, ["a", "b", "c", "d"], 10) == ["a", "d", "b", "c"]
+
+
+# ----------------------------------------------------------------------------- the probe
+
+
+def linear_data(n: int, genes: int = 6, dim: int = 32, seed: int = 0):
+    """Expression that the embeddings encode linearly (plus a little noise); the encoding
+    is the same for every ``seed``, the cells are not."""
+    rng = np.random.default_rng(seed)
+    expression = rng.gamma(2.0, 1.0, size=(n, genes))
+    mixing = np.random.default_rng(1234).normal(size=(genes, dim))
+    embeddings = expression @ mixing + 0.01 * rng.normal(size=(n, dim))
+    return embeddings, expression
+
+
+def test_ridge_on_embeddings_that_encode_expression_linearly_gets_r_near_1():
+    x, y = linear_data(400)
+    probe = fit_hest_ridge(x[:300], y[:300])
+    assert probe.n_components == 32  # capped at the embedding width
+    assert probe.alpha == pytest.approx(100 / (32 * 6))
+    r = pearson_per_gene(y[300:], probe.predict(x[300:]))
+    assert r.min() > 0.99
+    # Predictions sit at the expression's level (the intercept is fitted).
+    assert np.abs(probe.predict(x[300:]).mean(0) - y[300:].mean(0)).max() < 0.1
+
+
+def test_ridge_on_embeddings_unrelated_to_expression_gets_r_near_0():
+    rng = np.random.default_rng(1)
+    _, y = linear_data(600)
+    x = rng.normal(size=(600, 64))
+    probe = fit_hest_ridge(x[:400], y[:400], n_components=256)
+    assert probe.n_components == 64
+    assert abs(pearson_per_gene(y[400:], probe.predict(x[400:])).mean()) < 0.1
+
+
+def test_ridge_caps_components_at_cells_and_rejects_bad_input():
+    x, y = linear_data(20, dim=64)
+    assert fit_hest_ridge(x, y).n_components == 19
+    with pytest.raises(ValueError, match="same number of rows"):
+        fit_hest_ridge(x, y[:10])
+    x[0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit_hest_ridge(x, y)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def measured_sample(name, patient, n, seed, informative=True) -> MeasuredSample:
+    """Genes g0..g5 encoded linearly by X_image; X_image_random is noise. g6 varies least."""
+    x, y = linear_data(n, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    y = np.column_stack([y, 0.01 * rng.normal(size=n)])
+    genes = [f"g{i}" for i in range(7)]
+    ids = np.array([f"{name}-{i}" for i in range(n)])
+    return MeasuredSample(name=name, patient=patient, cell_ids=ids, genes=genes,
+                          expression=sp.csr_matrix(y.astype(np.float32)),
+                          embeddings={"X_image": x if informative else rng.normal(size=x.shape),
+                                      "X_image_random": rng.normal(size=x.shape)},
+                          xy=rng.uniform(0, 100, size=(n, 2)))
+
+
+def test_evaluate_sample_known_answers():
+    train = [measured_sample("a", "P1", 300, 1), measured_sample("b", "P2", 300, 2)]
+    test = measured_sample("t", "P3", 200, 3)
+    top5 = most_variable_genes(test.columns(test.genes), test.genes, 5)
+    # The head predicts the truth for three of the top genes and a constant for the rest.
+    right, flat = top5[:3], [g for g in test.genes if g not in top5[:3]]
+    head = pd.DataFrame(test.columns(test.genes), index=test.cell_ids, columns=test.genes)
+    head[flat] = 1.0
+    per_gene, predictions, genes = evaluate_sample(test, train, head, n_genes=5,
+                                                   markers=["g6", "nope"])
+    assert set(per_gene["method"]) == set(METHODS)
+    assert genes[:5] == top5
+    assert "g6" not in genes[:5] and genes[5:] == ["g6"]  # the marker, scored beyond the top 5
+    r = per_gene.pivot(index="gene", columns="method", values="pearson_r")
+    assert r.loc[right, "pastflow_head"].tolist() == pytest.approx([1, 1, 1])
+    assert r.loc[top5[3:], "pastflow_head"].tolist() == [0, 0]
+    assert (r["mean_baseline"] == 0).all()
+    assert r.loc[genes[:5], "pastflow_ridge"].min() > 0.99
+    assert r.loc[genes[:5], "random_encoder"].abs().max() < 0.3
+    assert per_gene.loc[per_gene["gene"] == "g6", "variance_rank"].eq(0).all()
+    assert per_gene.loc[per_gene["gene"] == "g6", "marker"].all()
+    summary = summarise(per_gene).set_index("method")
+    assert summary.loc["mean_baseline", "mean_pearson_50"] == 0
+    assert summary.loc["pastflow_ridge", "n_genes"] == 5
+    assert summary.loc["pastflow_head", "mean_pearson_50"] == pytest.approx(3 / 5)
+    assert predictions["mean_baseline"].shape == (200, 6)
+
+
+def test_evaluate_sample_uses_only_genes_every_sample_measures():
+    train = [measured_sample("a", "P1", 100, 1)]
+    test = measured_sample("t", "P3", 80, 3)
+    train[0].genes = ["g0", "g1", "x2", "x3", "x4", "x5", "x6"]  # shares g0, g1 only
+    head = pd.DataFrame(1.0, index=test.cell_ids, columns=test.genes)
+    per_gene, _, genes = evaluate_sample(test, train, head, n_genes=50)
+    assert sorted(genes) == ["g0", "g1"]
+    with pytest.raises(ValueError, match="no head prediction"):
+        evaluate_sample(test, train, head.iloc[1:], n_genes=50)
+
+
+def test_leave_one_patient_out():
+    samples = [measured_sample("a", "P1", 150, 1), measured_sample("b", "P2", 150, 2),
+               measured_sample("c", "P2", 150, 4), measured_sample("d", "P3", 150, 5)]
+    lopo = evaluate_leave_one_patient_out(samples, [f"g{i}" for i in range(7)], n_genes=4)
+    assert lopo["patient"].unique().tolist() == ["P1", "P2", "P3"]
+    p2 = lopo[lopo["patient"] == "P2"].set_index("method")
+    assert p2.loc["pastflow_ridge", "n_cells"] == 300  # both of P2's samples held out together
+    assert p2.loc["pastflow_ridge", "n_train_cells"] == 300
+    assert (lopo.loc[lopo["method"] == "pastflow_ridge", "mean_pearson_50"] > 0.99).all()
+    assert (lopo.loc[lopo["method"] == "mean_baseline", "mean_pearson_50"] == 0).all()
+    one = evaluate_leave_one_patient_out(samples[1:3], ["g0"], n_genes=4)
+    assert one.empty and "mean_pearson_50" in one.columns
+
+
+# ----------------------------------------------------------------------------- the head
+
+
+def small_model(likelihood: str, seed: int = 0):
+    from pastflow.models.config import resolve_config
+    from pastflow.models.model import PastModel
+
+    config = resolve_config({"model": {
+        "embed_dim": 8, "image": {"name": "timm", "kwargs": {"arch": "resnet10t"}},
+        "reconstruction": {"likelihood": likelihood, "hidden": 4},
+        "losses": {"pathway_regression": 0, "pathway_clip": 0}}})["model"]
+    config.update(genes=["A", "B", "C"], pathways=[], image_px=16)
+    torch.manual_seed(seed)
+    return PastModel(config).eval()
+
+
+def test_head_predictions_mse_and_nb():
+    from pastflow.predict.head import cohort_library, predict_log_expression
+
+    h = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    mse = small_model("mse")
+    with torch.no_grad():
+        direct = mse.reconstruction_head(torch.from_numpy(h)).numpy()
+    assert predict_log_expression(mse, h) == pytest.approx(direct, abs=1e-6)
+    nb = small_model("nb")
+    with torch.no_grad():
+        proportions = torch.softmax(nb.reconstruction_head(torch.from_numpy(h)), -1).numpy()
+    assert predict_log_expression(nb, h, 200.0) == pytest.approx(np.log1p(200 * proportions),
+                                                                 rel=1e-5)
+    with pytest.raises(InputError, match="target_sum"):
+        predict_log_expression(nb, h)
+    with pytest.raises(InputError, match="wide"):
+        predict_log_expression(mse, h[:, :4])
+    x = sp.csr_matrix(np.log1p(np.array([[1.0, 2.0, 9.0], [3.0, 0.0, 9.0], [5.0, 4.0, 9.0]])))
+    # Library of A and B per cell: 3, 3, 9 -> median 3 (C is not a model gene here).
+    assert cohort_library(x, ["A", "B", "Z"], ["A", "B", "C"]) == pytest.approx(3.0)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_figures_are_drawn(tmp_path):
+    from pastflow.predict.plots import plot_marker_maps, plot_per_gene
+
+    train = [measured_sample("a", "P1", 200, 1)]
+    test = measured_sample("t", "P3", 120, 3)
+    head = pd.DataFrame(test.columns(test.genes), index=test.cell_ids, columns=test.genes)
+    per_gene, predictions, genes = evaluate_sample(test, train, head, n_genes=4,
+                                                   markers=["g6"])
+    plot_per_gene(per_gene, "t", tmp_path / "bars.png")
+    thumbnail = np.full((50, 50, 3), 230, np.uint8)
+    plot_marker_maps(thumbnail, 2.0, test.xy, {"measured": test.columns(["g0", "g6"]),
+                                               "pastflow_head": predictions["pastflow_head"][:, [0, 4]]},
+                     ["g0", "g6"], {"pastflow_head": {"g0": 1.0}}, "t", tmp_path / "maps.png")
+    assert (tmp_path / "bars.png").stat().st_size > 10_000
+    assert (tmp_path / "maps.png").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- on files
+
+
+def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, cohort,
+                                                              tmp_path):
+    from pastflow.cli import main
+
+    out = {}
+    for sample in cohort:
+        out[sample.name] = tmp_path / f"{sample.name}.h5ad"
+        assert main(["predict", "--model", str(trained / "model"), "--embedding",
+                     str(embedded[sample.name]), "--table", str(sample.table), "--out",
+                     str(out[sample.name])]) == 0
+    prediction = ad.read_h5ad(out["s2"])
+    assert prediction.n_obs == 36 and prediction.n_vars == len(
+        pd.read_json(trained / "model" / "config.json", typ="series")["config"]["model"]["genes"])
+    assert np.isfinite(prediction.X).all()
+    assert prediction.uns["pastflow_predict"]["likelihood"] == "mse"
+    s1, s2 = cohort
+    args = ["evaluate", "--test-embeddings", str(embedded["s2"]), "--test-tables", str(s2.table),
+            "--predictions", str(out["s2"]), "--train-embeddings", str(embedded["s1"]),
+            "--train-tables", str(s1.table), "--metrics", str(tmp_path / "metrics.tsv"),
+            "--per-gene", str(tmp_path / "per_gene.tsv"), "--lopo", str(tmp_path / "lopo.tsv"),
+            "--figures", str(tmp_path / "figures"), "--markers", "CD3D", "MKI67",
+            "--n-genes", "8", "--no-progress"]
+    assert main(args) == 0
+    metrics = pd.read_csv(tmp_path / "metrics.tsv", sep="\t")
+    assert metrics[["sample", "method"]].values.tolist() == [["s2", m] for m in METHODS]
+    assert np.isfinite(metrics["mean_pearson_50"]).all() and (metrics["n_genes"] == 8).all()
+    assert metrics.set_index("method").loc["mean_baseline", "mean_pearson_50"] == 0
+    per_gene = pd.read_csv(tmp_path / "per_gene.tsv", sep="\t")
+    assert set(per_gene.loc[per_gene["marker"], "gene"]) == {"CD3D", "MKI67"}
+    assert pd.read_csv(tmp_path / "lopo.tsv", sep="\t").empty  # one training patient
+    assert (tmp_path / "figures" / "s2" / "per_gene.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "s2" / "maps.png").stat().st_size > 10_000
+
+
+def test_evaluate_names_the_file_when_tables_do_not_match(embedded, cohort, tmp_path, capsys):
+    from pastflow.cli import main
+
+    s1, s2 = cohort
+    # The test sample's embeddings given with the other sample's QC table: no shared cell.
+    args = ["evaluate", "--test-embeddings", str(embedded["s2"]), "--test-tables", str(s1.table),
+            "--predictions", str(tmp_path / "none.h5ad"), "--train-embeddings",
+            str(embedded["s1"]), "--train-tables", str(s1.table), "--metrics",
+            str(tmp_path / "m.tsv"), "--per-gene", str(tmp_path / "g.tsv"), "--lopo",
+            str(tmp_path / "l.tsv"), "--figures", str(tmp_path / "f"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(s1.table) in err and "no cell of the QC table has an embedding" in err
+    assert not (tmp_path / "m.tsv").exists()

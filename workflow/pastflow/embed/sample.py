@@ -1,0 +1,124 @@
+"""One sample's embeddings as an AnnData table (``results/embed/{sample}.h5ad``).
+
+Rows are the cells of the patch store that lie inside the slide, in store order
+(``obs_names`` = ``cell_id``). ``X`` is empty (``n x 0``); the embeddings are in ``obsm``:
+
+- ``X_image`` ``float32 (n, embed_dim)``: the trained image embedding ``h``;
+- ``X_image_random`` ``float32 (n, embed_dim)``: the same architecture with seeded random
+  weights (the random-encoder baseline of the evaluation);
+- ``X_expression`` ``float32 (n, embed_dim)``: the trained expression embedding, for cells
+  of the sample's QC table; NaN rows for cells QC dropped, and absent for H&E-only samples.
+
+``obs``: ``cell_id``, ``sample``, ``x_px``, ``y_px`` (H&E level-0 pixels), ``in_tissue``,
+``expression_measured``. ``uns["pastflow_embed"]``: model path and step, encoder, widths,
+the random seed, the store's resolution and slide, and the measured throughput.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from pastflow.atomic import atomic_path
+from pastflow.embed.encode import embed_expression, embed_images, random_model
+from pastflow.errors import InputError
+from pastflow.models.checkpoint import load_checkpoint
+from pastflow.models.data import read_qc_table
+from pastflow.patches.reader import PatchStore
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | Path, *,
+                 table_path: str | Path | None = None, sample: str | None = None,
+                 random_seed: int = 0, batch_size: int = 256,
+                 device: str | torch.device | None = None, progress: bool = True) -> ad.AnnData:
+    """Embed every in-slide cell of ``store_path`` with the model in ``model_dir`` (a
+    checkpoint directory), and the expression of ``table_path`` (a QC table) when given;
+    write the table described in the module docstring to ``out_path`` (atomically).
+
+    Raises:
+        InputError: unreadable model, store or table; a table none of whose cells is in the
+            store.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    checkpoint = load_checkpoint(model_dir, device=device)
+    config, model = checkpoint.config, checkpoint.model
+    store = PatchStore(store_path)
+    rows = np.flatnonzero(np.asarray(store.in_slide))
+    if len(rows) == 0:
+        raise InputError(store_path, "no cell of the patch store lies inside the slide")
+    if len(rows) < len(store):
+        log.warning("%s: %d of %d cells lie outside the slide; not embedded", store_path,
+                    len(store) - len(rows), len(store))
+    cell_ids = np.asarray(store.cell_ids)[rows].astype(str)
+    sample = sample or str(store.attrs.get("sample", Path(store_path).stem))
+    image_kwargs = dict(mean=config["data"]["mean"], std=config["data"]["std"],
+                        batch_size=batch_size, device=device, progress=progress,
+                        neighbor_radius_um=config["data"]["neighbor_radius_um"])
+
+    start = time.perf_counter()
+    trained = embed_images(model, store, rows, desc=f"{sample}: trained", **image_kwargs)
+    seconds = time.perf_counter() - start
+    random = embed_images(random_model(config, random_seed).to(device), store, rows,
+                          desc=f"{sample}: random", **image_kwargs)
+    log.info("%s: embedded %d cells in %.1f s (%.0f cells/s, %s, batch %d)", sample, len(rows),
+             seconds, len(rows) / seconds, device, batch_size)
+
+    xy = np.asarray(store.xy_level0)[rows]
+    obs = pd.DataFrame({"cell_id": cell_ids, "sample": sample, "x_px": xy[:, 0], "y_px": xy[:, 1],
+                        "in_tissue": np.asarray(store.in_tissue)[rows],
+                        "expression_measured": False}, index=pd.Index(cell_ids, name=None))
+    obsm = {"X_image": trained, "X_image_random": random}
+    if table_path is not None:
+        obsm["X_expression"] = _expression_embeddings(model, table_path, obs, batch_size, device)
+    table = ad.AnnData(np.zeros((len(rows), 0), np.float32), obs=obs, obsm=obsm)
+    table.uns["pastflow_embed"] = {
+        "model": str(Path(model_dir).resolve()), "model_step": checkpoint.step,
+        "image_encoder": config["model"]["image"]["name"],
+        "expression_encoder": config["model"]["expression"]["name"],
+        "embed_dim": int(config["model"]["embed_dim"]), "image_px": int(config["model"]["image_px"]),
+        "random_seed": int(random_seed), "store": str(Path(store_path).resolve()),
+        "store_mpp": store.mpp, "slide_path": str(store.attrs.get("source_slide", "")),
+        "slide_mpp": float(store.attrs.get("slide_mpp", np.nan)),
+        "device": str(device), "batch_size": int(batch_size),
+        "image_cells_per_s": round(len(rows) / seconds, 1),
+    }
+    with atomic_path(out_path) as tmp:
+        table.write_h5ad(tmp)
+    return table
+
+
+def _expression_embeddings(model, table_path, obs: pd.DataFrame, batch_size: int,
+                           device) -> np.ndarray:
+    """Expression embeddings in the rows of ``obs`` (NaN where QC dropped the cell); sets
+    ``obs["expression_measured"]``."""
+    adata = read_qc_table(table_path)
+    table_ids = adata.obs["cell_id"].astype(str).to_numpy()
+    position = pd.Index(obs["cell_id"]).get_indexer(table_ids)
+    found = position >= 0
+    if not found.any():
+        raise InputError(table_path, "none of its cells is among the patch store's in-slide "
+                                     "cells; is it the same sample?")
+    if not found.all():
+        log.warning("%s: %d of %d cells have no patch; their expression is not embedded",
+                    table_path, (~found).sum(), len(found))
+    embedded = embed_expression(model, adata.X[found], list(adata.var_names),
+                                batch_size=max(batch_size, 1024), device=device,
+                                source=table_path)
+    out = np.full((len(obs), embedded.shape[1]), np.nan, np.float32)
+    out[position[found]] = embedded
+    measured = np.zeros(len(obs), bool)
+    measured[position[found]] = True
+    obs["expression_measured"] = measured
+    return out

@@ -1,0 +1,62 @@
+"""Per-gene agreement between measured and predicted expression; pure numpy.
+
+Conventions (HEST-Benchmark, Jaume et al. 2024): expression is log1p-normalised, the score of
+a gene is the Pearson correlation over cells (or spots) between measured and predicted values,
+and a method's score is the mean over the 50 most variable genes.
+
+A constant vector has no Pearson correlation (0 / 0). Here it is defined as **0**: a method
+that predicts the same value for every cell (the mean-expression baseline, or a model that has
+collapsed) carries no information about which cells express the gene, and 0 keeps the mean
+over genes defined instead of turning it into NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+# Below this (relative to the vector's scale) a centred vector counts as constant: float32
+# round-off of a constant prediction must not become a spurious correlation of +-1.
+_CONSTANT_RTOL = 1e-6
+
+
+def pearson_per_gene(measured: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Pearson r of every column: ``(n_cells, n_genes)`` x 2 -> ``float64 (n_genes,)``.
+
+    A column that is constant in either input gets r = 0 (see the module docstring). Raises
+    ValueError when the shapes differ, there are fewer than 2 rows, or a value is not finite.
+    """
+    measured = np.asarray(measured, np.float64)
+    predicted = np.asarray(predicted, np.float64)
+    if measured.ndim == 1:
+        measured, predicted = measured[:, None], predicted.reshape(-1, 1)
+    if measured.shape != predicted.shape:
+        raise ValueError(f"measured {measured.shape} and predicted {predicted.shape} differ")
+    if measured.shape[0] < 2:
+        raise ValueError("a correlation needs at least 2 cells")
+    if not (np.isfinite(measured).all() and np.isfinite(predicted).all()):
+        raise ValueError("measured or predicted expression holds NaN or infinite values")
+    a = measured - measured.mean(axis=0)
+    b = predicted - predicted.mean(axis=0)
+    norm_a, norm_b = np.sqrt((a * a).sum(axis=0)), np.sqrt((b * b).sum(axis=0))
+    scale_a = np.abs(measured).max(axis=0) * np.sqrt(len(a))
+    scale_b = np.abs(predicted).max(axis=0) * np.sqrt(len(b))
+    varies = (norm_a > _CONSTANT_RTOL * scale_a) & (norm_b > _CONSTANT_RTOL * scale_b)
+    r = np.zeros(a.shape[1])
+    r[varies] = (a[:, varies] * b[:, varies]).sum(axis=0) / (norm_a[varies] * norm_b[varies])
+    return np.clip(r, -1.0, 1.0)
+
+
+def most_variable_genes(expression: np.ndarray, genes: Sequence[str], n: int = 50) -> list[str]:
+    """The ``n`` genes of highest variance over cells, most variable first (ties: gene order).
+
+    ``expression`` is ``(n_cells, n_genes)`` log1p-normalised, columns named by ``genes``.
+    Fewer than ``n`` genes: all of them, ranked.
+    """
+    expression = np.asarray(expression, np.float64)
+    if expression.shape[1] != len(genes):
+        raise ValueError(f"{expression.shape[1]} columns but {len(genes)} gene names")
+    variance = expression.var(axis=0)
+    order = np.lexsort((np.arange(len(genes)), -variance))  # stable: ties keep gene order
+    return [genes[i] for i in order[:n]]

@@ -1,0 +1,115 @@
+"""Figures of the evaluation: per-gene Pearson r by method, and measured vs predicted maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from pastflow.atomic import atomic_path
+
+METHOD_COLOURS = {"pastflow_head": "C0", "pastflow_ridge": "C2", "random_encoder": "C7",
+                  "mean_baseline": "C3"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_gene(per_gene: pd.DataFrame, sample: str, path: str | Path | None = None, *,
+                  ax=None):
+    """Grouped bars: Pearson r of every scored gene (x, sorted by the head's r) per method.
+
+    ``per_gene`` is one sample's long table (``method, gene, pearson_r, top, marker``); marker
+    genes outside the top genes follow them, after a gap. Dashed lines: each method's mean over
+    the top genes. Returns the figure; writes it to ``path`` (PNG, atomically) if given.
+    """
+    plt = _pyplot()
+    methods = [m for m in METHOD_COLOURS if m in set(per_gene["method"])]
+    wide = per_gene.pivot_table(index="gene", columns="method", values="pearson_r")
+    flags = per_gene.drop_duplicates("gene").set_index("gene")
+    key = "pastflow_head" if "pastflow_head" in wide else methods[0]
+    top = wide.loc[flags.index[flags["top"]]].sort_values(key, ascending=False)
+    extra = wide.loc[flags.index[~flags["top"]]].sort_values(key, ascending=False)
+    genes = list(top.index) + list(extra.index)
+    x = np.arange(len(genes)) + np.where(np.arange(len(genes)) >= len(top), 1.0, 0.0)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(8.0, 0.28 * len(genes) + 2), 4.2))
+    else:
+        fig = ax.figure
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        values = wide.loc[genes, method].to_numpy()
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width,
+               color=METHOD_COLOURS[method], label=f"{method} (mean {top[method].mean():.3f})")
+        ax.hlines(top[method].mean(), x[0] - 0.5, x[len(top) - 1] + 0.5 if len(top) else 0,
+                  colors=METHOD_COLOURS[method], linestyles="dashed", linewidth=0.8)
+    ax.set_xticks(x, [f"{g}*" if flags.loc[g, "marker"] else g for g in genes], rotation=90,
+                  fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlim(x[0] - 0.7, x[-1] + 0.7)
+    ax.set_ylim(min(-0.1, float(np.nanmin(wide.to_numpy())) - 0.05), 1.0)
+    ax.set_ylabel("Pearson r (measured vs predicted)")
+    ax.set_title(f"{sample}: {len(top)} most variable genes, then markers (* = marker gene)",
+                 fontsize=10)
+    ax.legend(fontsize=7, ncol=len(methods), loc="upper right", frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def plot_marker_maps(thumbnail: np.ndarray, downsample: float, xy: np.ndarray,
+                     panels: dict[str, np.ndarray], genes: Sequence[str],
+                     scores: dict[str, dict[str, float]], sample: str,
+                     path: str | Path | None = None, *, point_size: float | None = None):
+    """Rows = ``genes``, columns = ``panels`` (``"measured"``, then each method): the values
+    ``(n_cells, len(genes))`` drawn at the cells over the H&E thumbnail.
+
+    ``xy`` is ``(n_cells, 2)`` in H&E level-0 pixels; thumbnail px = level-0 px / ``downsample``.
+    Each panel's colours span its own 1st-99th percentile: Pearson r ignores scale, and a
+    prediction shrunk towards the mean would look blank on the measurement's scale.
+    ``scores[method][gene]`` (r) goes in the panel titles. Returns the figure.
+    """
+    plt = _pyplot()
+    columns = list(panels)
+    fig, axes = plt.subplots(len(genes), len(columns), squeeze=False,
+                             figsize=(3.4 * len(columns), 3.0 * len(genes)))
+    points = xy / downsample
+    size = point_size or float(np.clip(20000 / max(len(points), 1), 0.5, 16))
+    # Frame the cells, not the whole slide (glass margins waste the panel).
+    pad = 0.03 * float(np.ptp(points, axis=0).max()) + 2
+    (x0, y0), (x1, y1) = points.min(axis=0) - pad, points.max(axis=0) + pad
+    for row, gene in enumerate(genes):
+        for col, name in enumerate(columns):
+            ax = axes[row, col]
+            ax.imshow(thumbnail, alpha=0.55)
+            values = panels[name][:, row]
+            low, high = np.percentile(values, [1, 99])
+            order = np.argsort(values)  # high values drawn last, on top
+            art = ax.scatter(points[order, 0], points[order, 1], c=values[order], s=size,
+                             cmap="magma", vmin=low, vmax=high if high > low else low + 1e-6,
+                             linewidths=0)
+            r = scores.get(name, {}).get(gene)
+            ax.set_title(f"{gene}: {name}" + ("" if r is None else f" (r = {r:.2f})"),
+                         fontsize=9)
+            ax.set_xlim(x0, x1)
+            ax.set_ylim(y1, y0)
+            ax.set_axis_off()
+            fig.colorbar(art, ax=ax, fraction=0.04, pad=0.01)
+    fig.suptitle(f"{sample}: measured vs predicted expression (log1p) over the H&E")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def _save(fig, path) -> None:
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90)

@@ -1,0 +1,37 @@
+# Cohort level: one model from the train (+ val) samples that have expression. Only the
+# model files are declared, not the folder: checkpoints/ beside them survives a failed or
+# pre-empted job (exit 75 on SIGTERM/SIGUSR1), and the rerun resumes from the newest one.
+rule pretrain:
+    input:
+        stores=expand("results/patches/{sample}.h5", sample=PRETRAIN_SAMPLES),
+        tables=expand("results/qc/{sample}.h5ad", sample=PRETRAIN_SAMPLES),
+    output:
+        config="results/pretrain/run_config.json",
+        weights=f"{MODEL}/model.safetensors",
+        model_config=f"{MODEL}/config.json",
+        metrics="results/pretrain/metrics.tsv",
+        coverage="results/pretrain/pathway_coverage.tsv",
+        curves=report(
+            "results/pretrain/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="3. Model",
+            subcategory="pretraining",
+            labels={"figure": "training curves"},
+        ),
+    log:
+        "results/logs/pretrain/pretrain.log",
+    conda:
+        "../../envs/pretrain.yaml"
+    threads: 8
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    params:
+        pastflow=PASTFLOW,
+        pretrain=json.dumps(config.get("pretrain") or {}),
+        out=lambda wildcards, output: Path(output.metrics).parent,
+    shell:
+        "printf '%s\\n' {params.pretrain:q} > {output.config} && "
+        "OMP_NUM_THREADS={threads} {params.pastflow} pretrain --config {output.config}"
+        " --stores {input.stores} --tables {input.tables} --out {params.out} --no-progress"
+        " > {log} 2>&1"
