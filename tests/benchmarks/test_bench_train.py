@@ -21,8 +21,10 @@ Measured in one run, on the device torch sees (the GPU when there is one, else t
 The model configuration is the ``pretrain:`` section of ``config/config.yaml`` (environment
 ``PASTFLOW_BENCH_BATCH`` overrides the batch size). The patch store is one simulated Xenium
 sample taken through the real stages (simulate, ingest, qc, patches), cached under
-``results/bench/cache/train/``. Writes ``results/bench/train.json`` and prints the ratios (target
-on an H100: both at least 0.9). Timings are reported, not asserted.
+``results/bench/cache/train/``. Every throughput is the best of ``REPEATS`` measurements, the
+four interleaved, so that a burst of load from another process on a shared machine hits
+one repeat rather than one side of a ratio. Writes ``results/bench/train.json`` and prints the
+ratios (target on an H100: both at least 0.9). Timings are reported, not asserted.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ N_CELLS = int(os.environ.get("PASTFLOW_BENCH_TRAIN_CELLS", 2500))
 ON_GPU = torch.cuda.is_available()
 STEPS_SHORT, STEPS_LONG = (20, 220) if ON_GPU else (5, 35)
 BARE_STEPS = 200 if ON_GPU else 30
+REPEATS = int(os.environ.get("PASTFLOW_BENCH_REPEATS", 2))
 # bf16 dense tensor-core peaks (NVIDIA datasheets, without sparsity).
 GPU_PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362.05e12}
 CPU_FLOP_PER_CYCLE = 32  # fp32, two 256-bit FMA pipes per core
@@ -100,6 +103,11 @@ def pastflow_train_per_s(config: dict, store: Path, table: Path, out: Path) -> t
     from pastflow.models.train import pretrain
 
     seconds = {}
+    # Untimed first: one-off costs (lazy imports, first reads of the store) must not fall in
+    # the short run only, or the difference would under-count them.
+    warm = copy.deepcopy(config)
+    warm["train"]["steps"] = 2
+    pretrain(warm, [(str(store), str(table))], out / "warm_up", progress=False)
     for steps in (STEPS_SHORT, STEPS_LONG):
         run = copy.deepcopy(config)
         run["train"]["steps"] = steps
@@ -223,14 +231,18 @@ def test_training_and_embedding_throughput(tmp_path):
     config = bench_config()
     batch = int(config["train"]["batch_size"])
 
-    train_per_s, run = pastflow_train_per_s(config, store, table, tmp_path)
-    resolved = run["resolved"]
-    model_config = resolved["model"]
-    bare_train = bare_train_per_s(model_config, batch, device)
     embed_batch = 1024 if ON_GPU else 256
-    embed = pastflow_embed_per_s(resolved, store, embed_batch, device)
-    bare_infer = bare_infer_per_s(model_config, embed_batch, 4 * embed_batch if not ON_GPU
-                                  else 40 * embed_batch, device)
+    runs = {"pastflow_train": [], "bare_train": [], "pastflow_embed": [], "bare_infer": []}
+    for repeat in range(REPEATS):
+        train_per_s, run = pastflow_train_per_s(config, store, table, tmp_path / str(repeat))
+        resolved = run["resolved"]
+        model_config = resolved["model"]
+        runs["pastflow_train"].append(train_per_s)
+        runs["bare_train"].append(bare_train_per_s(model_config, batch, device))
+        runs["pastflow_embed"].append(pastflow_embed_per_s(resolved, store, embed_batch, device))
+        runs["bare_infer"].append(bare_infer_per_s(
+            model_config, embed_batch, (40 if ON_GPU else 4) * embed_batch, device))
+    train_per_s, bare_train, embed, bare_infer = (max(runs[k]) for k in runs)
     flops = flops_per_step(resolved, store, table, device)
     peak, peak_source = device_peak(device)
     mfu = flops * (train_per_s / batch) / peak
@@ -253,7 +265,8 @@ def test_training_and_embedding_throughput(tmp_path):
         "peak_source": peak_source,
         "mfu": round(mfu, 4),
         "train_steps_timed": STEPS_LONG - STEPS_SHORT,
-        "pretrain_run_seconds": {str(k): round(v, 2) for k, v in run["seconds"].items()},
+        "repeats": {k: [round(v, 1) for v in values] for k, values in runs.items()},
+        "last_pretrain_run_seconds": {str(k): round(v, 2) for k, v in run["seconds"].items()},
         "store_cells": int(np.asarray(PatchStore(store).in_slide).sum()),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "note": "pastflow train = full steps from the patch store (dataset, augmentation, all "

@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def predict_proportions_or_log(model: PastModel, embeddings: np.ndarray,
-                               batch_size: int = 4096) -> np.ndarray:
+def head_output(model: PastModel, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """The head's expression output ``float32 (n, G)`` for image embeddings ``(n, embed_dim)``:
     log1p values (``mse``) or proportions summing to 1 per cell (``nb``, ``poisson``)."""
     if model.reconstruction_head is None:
@@ -68,7 +67,7 @@ def predict_log_expression(model: PastModel, embeddings: np.ndarray,
     Raises:
         InputError: no head; a count-likelihood model without a positive ``target_sum``.
     """
-    values = predict_proportions_or_log(model, embeddings)
+    values = head_output(model, embeddings)
     if model.likelihood == "mse":
         return values
     if target_sum is None or not target_sum > 0:
