@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,3 +127,88 @@ def test_second_run_has_nothing_to_do(small_run, repo_root):
     dry = snakemake(small_run, repo_root, "-n")
     assert dry.returncode == 0
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_front_page_has_the_key_numbers(small_run):
+    summary = json.loads((small_run / "results" / "summary.json").read_text())
+    assert summary["samples"] == len(SAMPLES)
+    assert summary["technologies"] == {"he_only": 1, "visium": 1, "visium_hd": 1, "xenium": 1}
+    with h5py.File(small_run / "results" / "patches" / "xa.h5") as store:
+        assert summary["cells"] > int(store["cells/in_slide"][:].sum())
+    assert set(summary["pearson_50"]["mean_by_method"]) == {
+        "pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder"}
+    html = (small_run / "results" / "report.html").read_text(errors="replace")
+    assert "Key numbers" in html and f"{summary['cells']:,}" in html
+
+
+def chromium() -> str:
+    """Debian's chromium, installed when missing and root; else skip."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("no chromium, and not root to install it")
+    install = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get"
+                             " install -y -qq chromium", shell=True, capture_output=True,
+                             text=True, timeout=900)
+    if install.returncode != 0 or not shutil.which("chromium"):
+        pytest.skip(f"could not install chromium: {install.stderr[-1000:]}")
+    return shutil.which("chromium")
+
+
+def headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    # Without these flags chromium keeps trying to reach the network (updates, sync).
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={profile}", "--virtual-time-budget=15000"]
+    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_report_renders_in_chromium(small_run, tmp_path):
+    from PIL import Image
+
+    browser = chromium()
+    report = (small_run / "results" / "report.html").resolve()
+    dom = headless(browser, tmp_path / "profile-dom", "--dump-dom", report.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # The report is a JavaScript app: these appear only once it has rendered.
+    for section in ("0. Summary", "1. QC", "2. Cell patches", "3. Model", "Key numbers"):
+        assert section in dom.stdout, section
+    shot = small_run / "results" / "report_screenshot.png"
+    run = headless(browser, tmp_path / "profile-shot", f"--screenshot={shot}",
+                   "--window-size=1400,1000", report.as_uri())
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.std() > 20 and (pixels < 128).mean() > 0.01  # text and panels, not blank
+
+
+def test_adding_a_sample_reruns_only_its_jobs_and_the_gathers(small_run, repo_root):
+    sheet = small_run / "config" / "samples.tsv"
+    original = sheet.read_text()
+    try:
+        sheet.write_text(original + sheet_row("he2", "P5", "he_only", "test") + "\n")
+        dry = snakemake(small_run, repo_root, "-n")
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        jobs = planned_jobs(dry.stdout + dry.stderr)
+    finally:
+        sheet.write_text(original)
+    per_sample = {(rule, "he2") for rule in
+                  ("simulate_sample", "ingest", "patches", "embed", "predict")}
+    gathers = {("simulate_clinical", None), ("summary", None)}
+    assert set(jobs) == per_sample | gathers
+
+
+def planned_jobs(dry_run_log: str) -> list[tuple[str, str | None]]:
+    """(rule, sample or None) of every job a dry run lists: one block per job, a
+    ``rule <name>:`` line, then indented fields (``wildcards: sample=...``)."""
+    jobs = []
+    for block in re.split(r"\n\s*\n", dry_run_log):
+        lines = [line.strip() for line in block.strip().splitlines()]
+        if not lines or not re.fullmatch(r"(local)?rule \w+:", lines[0]):
+            continue
+        rule = lines[0].split()[1].rstrip(":")
+        wildcards = next((line for line in lines if line.startswith("wildcards:")), "")
+        sample = re.search(r"sample=([^,\s]+)", wildcards)
+        if rule != "all":
+            jobs.append((rule, sample.group(1) if sample else None))
+    return jobs

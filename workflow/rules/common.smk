@@ -2,9 +2,12 @@
 # workflow with a message naming the file, the line and the column.
 import json
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # import pastflow from this checkout
+
+from snakemake.exceptions import WorkflowError
 
 from pastflow.errors import InputError
 from pastflow.models.config import resolve_config
@@ -36,10 +39,46 @@ PRETRAIN_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] != 
 EVALUATE_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] == "test"]
 MODEL = "results/pretrain/model"
 SIM_OUT = config["simulate"].get("out", "results/simulated")
+SUMMARY = "results/summary.json"
 
 
 wildcard_constraints:
     sample="|".join(SAMPLES),
+
+
+def rule_resources(rule):
+    """The rule's memory and wall time from config ``resources`` (the profile's
+    ``set-resources`` wins). Runtimes grow with the attempt: a retried job (``retries:``,
+    e.g. a pre-empted pretraining requeued by Slurm) gets more time to finish."""
+    values = dict(config["resources"][rule])
+    runtime = values.pop("runtime")
+    values["runtime"] = lambda wildcards, attempt: runtime * attempt
+    return values
+
+
+def simulated_cells(wildcards):
+    """``simulate.n_cells``: one count, or the first sample-name pattern that matches."""
+    n_cells = config["simulate"]["n_cells"]
+    if isinstance(n_cells, int):
+        return n_cells
+    for pattern, count in n_cells.items():
+        if fnmatch(wildcards.sample, pattern):
+            return count
+    raise WorkflowError(
+        f"config simulate.n_cells: no pattern matches {wildcards.sample}"
+    )
+
+
+def pretrain_launcher(wildcards, resources):
+    """``python -m pastflow`` on CPU; on GPUs, torchrun with one process per GPU of the job
+    (``resources.gpu``, set by the profile): single node, rendezvous on this host."""
+    gpus = int(resources.get("gpu", 0) or 0)
+    if gpus < 1:
+        return PASTFLOW
+    return PASTFLOW.replace(
+        "python -m pastflow",
+        f"torchrun --standalone --nproc-per-node={gpus} -m pastflow",
+    )
 
 
 def sheet(field):
@@ -67,8 +106,23 @@ def optional_table(wildcards, input):
     return f"--table {input.table}" if input.table else ""
 
 
+def summary_inputs(wildcards):
+    """Every patch store, and the cohort tables of the stages this run has."""
+    inputs = {"stores": expand("results/patches/{sample}.h5", sample=SAMPLES)}
+    if PRETRAIN_SAMPLES and EVALUATE_SAMPLES:
+        inputs["metrics"] = "results/predict/metrics.tsv"
+    return inputs
+
+
+def load_run_summary(path=SUMMARY):
+    """The run's key numbers (``pastflow summary``) for the report's front page, or None
+    before the run has made them."""
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+
+
 def all_outputs():
-    outputs = expand("results/patches/{sample}.h5", sample=SAMPLES)
+    outputs = [SUMMARY]
+    outputs += expand("results/patches/{sample}.h5", sample=SAMPLES)
     outputs += expand("results/qc/{sample}.h5ad", sample=EXPRESSION_SAMPLES)
     if SIMULATED:
         outputs.append(f"{SIM_OUT}/clinical.tsv")

@@ -15,8 +15,7 @@ rule embed:
         "../../envs/embed.yaml"
     threads: 4
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **rule_resources("embed"),
     params:
         pastflow=PASTFLOW,
         model=lambda wildcards, input: Path(input.weights).parent,

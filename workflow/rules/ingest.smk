@@ -8,8 +8,7 @@ rule ingest:
     conda:
         "../../envs/ingest.yaml"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **rule_resources("ingest"),
     params:
         pastflow=PASTFLOW,
         patient=sheet("patient"),

@@ -15,8 +15,7 @@ rule patches:
     conda:
         "../../envs/patches.yaml"
     resources:
-        mem_mb=3000,
-        runtime=60,
+        **rule_resources("patches"),
     params:
         pastflow=PASTFLOW,
         mpp=config["patches"]["mpp"],

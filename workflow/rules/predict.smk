@@ -12,8 +12,7 @@ rule predict:
     conda:
         "../../envs/predict.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **rule_resources("predict"),
     params:
         pastflow=PASTFLOW,
         model=lambda wildcards, input: Path(input.weights).parent,
@@ -65,8 +64,7 @@ rule evaluate:
     conda:
         "../../envs/predict.yaml"
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **rule_resources("evaluate"),
     params:
         pastflow=PASTFLOW,
         markers=config["evaluate"]["markers"],

@@ -1,6 +1,8 @@
 # Cohort level: one model from the train (+ val) samples that have expression. Only the
 # model files are declared, not the folder: checkpoints/ beside them survives a failed or
-# pre-empted job (exit 75 on SIGTERM/SIGUSR1), and the rerun resumes from the newest one.
+# pre-empted job (exit 75 on SIGTERM/SIGUSR1), the retry resumes from the newest one (with
+# more wall time per attempt), and the model files are written last. With `gpu` >= 1 (the
+# slurm profile) the job starts one process per GPU through torchrun (DDP).
 rule pretrain:
     input:
         stores=expand("results/patches/{sample}.h5", sample=PRETRAIN_SAMPLES),
@@ -20,18 +22,18 @@ rule pretrain:
         ),
     log:
         "results/logs/pretrain/pretrain.log",
+    retries: 2
     conda:
         "../../envs/pretrain.yaml"
     threads: 8
     resources:
-        mem_mb=16000,
-        runtime=240,
+        **rule_resources("pretrain"),
     params:
-        pastflow=PASTFLOW,
+        launch=pretrain_launcher,
         pretrain=json.dumps(config.get("pretrain") or {}),
         out=lambda wildcards, output: Path(output.metrics).parent,
     shell:
         "printf '%s\\n' {params.pretrain:q} > {output.config} && "
-        "OMP_NUM_THREADS={threads} {params.pastflow} pretrain --config {output.config}"
+        "OMP_NUM_THREADS={threads} {params.launch} pretrain --config {output.config}"
         " --stores {input.stores} --tables {input.tables} --out {params.out} --no-progress"
         " > {log} 2>&1"

@@ -22,8 +22,7 @@ rule qc:
     conda:
         "../../envs/qc.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **rule_resources("qc"),
     params:
         pastflow=PASTFLOW,
         qc=config["qc"],

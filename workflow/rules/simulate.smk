@@ -9,15 +9,14 @@ if SIMULATED:
         conda:
             "../../envs/simulate.yaml"
         resources:
-            mem_mb=2000,
-            runtime=30,
+            **rule_resources("simulate_sample"),
         params:
             pastflow=PASTFLOW,
             out=lambda wildcards, output: Path(output[0]).parent,
             patient=sheet("patient"),
             technology=sheet("technology"),
             seed=lambda wildcards: SAMPLES.index(wildcards.sample),
-            n_cells=config["simulate"]["n_cells"],
+            n_cells=simulated_cells,
             n_genes=config["simulate"]["n_genes"],
             mpp=config["simulate"]["mpp"],
             cohort_seed=config["simulate"]["cohort_seed"],
@@ -36,8 +35,7 @@ if SIMULATED:
         conda:
             "../../envs/simulate.yaml"
         resources:
-            mem_mb=500,
-            runtime=5,
+            **rule_resources("simulate_clinical"),
         params:
             pastflow=PASTFLOW,
             out=lambda wildcards, output: Path(output[0]).parent,
