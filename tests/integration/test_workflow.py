@@ -25,6 +25,8 @@ SAMPLES = [
     ("vb", "P2", "visium", "train"),
     ("hd", "P3", "visium_hd", "test"),
     ("he", "P4", "he_only", "test"),
+    # small held-out slides, one patient each: enough patients for the survival stage
+    *[(f"c{i}", f"P{i + 4}", "xenium", "test") for i in range(1, 7)],
 ]
 
 
@@ -52,7 +54,9 @@ def small_run(tmp_path_factory, repo_root):
     workdir = tmp_path_factory.mktemp("workflow")
     (workdir / "config").mkdir()
     config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
-    config["simulate"]["n_cells"] = 600
+    config["simulate"]["n_cells"] = {"c*": 150, "*": 600}
+    config["survival"].update(min_patients=10, folds=3, repeats=1, inner_folds=2, bootstrap=200,
+                              mil_epochs=10, mil_cells=64)
     # A short pretraining: the model stages' plumbing, not the model's quality.
     config["pretrain"]["train"].update(steps=20, batch_size=16, warmup_steps=2,
                                        checkpoint_every=10)
@@ -105,10 +109,12 @@ def test_model_stages_embed_predict_and_evaluate_every_sample(small_run):
             assert embedding.n_obs == int(store["cells/in_slide"][:].sum())
         prediction = ad.read_h5ad(results / "predict" / f"{sample}.h5ad")
         assert prediction.n_obs == embedding.n_obs and np.isfinite(prediction.X).all()
-    # hd is the only test sample with expression: four methods, finite scores.
+    # every test sample with expression: four methods, finite scores.
     metrics = pd.read_csv(results / "predict" / "metrics.tsv", sep="\t")
+    tested = [s for s, _, technology, split in SAMPLES if split == "test" and technology != "he_only"]
     assert metrics[["sample", "method"]].values.tolist() == [
-        ["hd", m] for m in ("pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder")]
+        [s, m] for s in tested
+        for m in ("pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder")]
     assert np.isfinite(metrics["mean_pearson_50"]).all() and (metrics["n_genes"] == 50).all()
     lopo = pd.read_csv(results / "predict" / "lopo.tsv", sep="\t")
     assert sorted(set(lopo["patient"])) == ["P1", "P2"]  # the two training patients
@@ -116,10 +122,42 @@ def test_model_stages_embed_predict_and_evaluate_every_sample(small_run):
         assert (results / "predict" / "figures" / "hd" / figure).stat().st_size > 10_000
 
 
+def test_stain_stage_scores_every_sample_and_checks_the_test_one(small_run):
+    import openslide
+
+    results = small_run / "results"
+    cutoffs = pd.read_csv(results / "stain" / "cutoffs.tsv", sep="\t")
+    assert (cutoffs["cut_1"] < cutoffs["cut_2"]).all() and (cutoffs["cut_2"] < cutoffs["cut_3"]).all()
+    for sample, *_ in SAMPLES:
+        hscores = pd.read_csv(results / "stain" / sample / "hscores.tsv", sep="\t")
+        slide = hscores[(hscores["region"] == "slide") & (hscores["cells"] == "all")]
+        assert set(slide["source"]) == {"predicted"} and slide["hscore"].between(0, 300).all()
+        assert {"Ki67", "CD3", "pan-cytokeratin"} <= set(slide["marker"])
+        with openslide.OpenSlide(str(results / "stain" / sample / "virtual_Ki67.tif")) as wsi:
+            assert wsi.level_count > 1 and float(wsi.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+    agreement = pd.read_csv(results / "stain" / "hscore_agreement.tsv", sep="\t")
+    assert list(agreement.columns[:4]) == ["marker", "level", "pearson_r", "n"]
+    assert set(agreement["level"]) <= {"slide", "region"} and (agreement["n"] >= 1).all()
+
+
+def test_survival_stage_cross_validates_every_modality(small_run):
+    results = small_run / "results" / "survival"
+    cindex = pd.read_csv(results / "cindex.tsv", sep="\t")
+    assert list(cindex.columns) == ["model", "cindex", "ci_low", "ci_high"]
+    assert set(cindex["model"]) == {"clinical", "image", "molecular", "combined", "image_mil",
+                                    "true_hazard"}
+    assert cindex["cindex"].between(0, 1).all()
+    assert (cindex["ci_low"] <= cindex["cindex"]).all() and (cindex["cindex"] <= cindex["ci_high"]).all()
+    risk = pd.read_csv(results / "risk.tsv", sep="\t")
+    assert risk["patient"].nunique() == len({p for _, p, _, _ in SAMPLES})
+    for figure in ("km.png", "forest.png", "cindex.png"):
+        assert (results / figure).stat().st_size > 10_000
+
+
 def test_report_has_every_stage(small_run):
     html = (small_run / "results" / "report.html").read_text(errors="replace")
     for text in ("QC", "Cell patches", "xa", "he", "Model", "training_curves.png",
-                 "metrics.tsv", "maps.png"):
+                 "metrics.tsv", "maps.png", "Virtual IHC", "thumbnails.png", "bland_altman.png", "Survival", "km.png"):
         assert text in html
 
 
@@ -132,7 +170,8 @@ def test_second_run_has_nothing_to_do(small_run, repo_root):
 def test_front_page_has_the_key_numbers(small_run):
     summary = json.loads((small_run / "results" / "summary.json").read_text())
     assert summary["samples"] == len(SAMPLES)
-    assert summary["technologies"] == {"he_only": 1, "visium": 1, "visium_hd": 1, "xenium": 1}
+    assert summary["technologies"] == {"he_only": 1, "visium": 1, "visium_hd": 1, "xenium": 7}
+    assert set(summary["cindex"]) >= {"clinical", "image", "combined", "true_hazard"}
     with h5py.File(small_run / "results" / "patches" / "xa.h5") as store:
         assert summary["cells"] > int(store["cells/in_slide"][:].sum())
     assert set(summary["pearson_50"]["mean_by_method"]) == {
@@ -172,7 +211,8 @@ def test_report_renders_in_chromium(small_run, tmp_path):
     dom = headless(browser, tmp_path / "profile-dom", "--dump-dom", report.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     # The report is a JavaScript app: these appear only once it has rendered.
-    for section in ("0. Summary", "1. QC", "2. Cell patches", "3. Model", "Key numbers"):
+    for section in ("0. Summary", "1. QC", "2. Cell patches", "3. Model", "4. Virtual IHC",
+                    "5. Survival", "Key numbers"):
         assert section in dom.stdout, section
     shot = small_run / "results" / "report_screenshot.png"
     run = headless(browser, tmp_path / "profile-shot", f"--screenshot={shot}",
@@ -193,8 +233,8 @@ def test_adding_a_sample_reruns_only_its_jobs_and_the_gathers(small_run, repo_ro
     finally:
         sheet.write_text(original)
     per_sample = {(rule, "he2") for rule in
-                  ("simulate_sample", "ingest", "patches", "embed", "predict")}
-    gathers = {("simulate_clinical", None), ("summary", None)}
+                  ("simulate_sample", "ingest", "patches", "embed", "predict", "stain")}
+    gathers = {("simulate_clinical", None), ("survival", None), ("summary", None)}
     assert set(jobs) == per_sample | gathers
 
 

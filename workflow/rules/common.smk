@@ -40,6 +40,20 @@ EVALUATE_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] == 
 MODEL = "results/pretrain/model"
 SIM_OUT = config["simulate"].get("out", "results/simulated")
 SUMMARY = "results/summary.json"
+# Survival needs tens of patients with outcomes: the simulated cohort, or a user's table.
+SURVIVAL_PATIENTS = len(set(samples["patient"]))
+RUN_SURVIVAL = bool(
+    PRETRAIN_SAMPLES
+    and (SIMULATED or config["survival"]["clinical"])
+    and SURVIVAL_PATIENTS >= config["survival"]["min_patients"]
+)
+if PRETRAIN_SAMPLES and not RUN_SURVIVAL:
+    print(
+        f"pastflow: survival skipped ({SURVIVAL_PATIENTS} patients, survival.min_patients="
+        f"{config['survival']['min_patients']}, clinical table: "
+        f"{config['survival']['clinical'] or ('simulated' if SIMULATED else 'none')})",
+        file=sys.stderr,
+    )
 
 
 wildcard_constraints:
@@ -111,6 +125,9 @@ def summary_inputs(wildcards):
     inputs = {"stores": expand("results/patches/{sample}.h5", sample=SAMPLES)}
     if PRETRAIN_SAMPLES and EVALUATE_SAMPLES:
         inputs["metrics"] = "results/predict/metrics.tsv"
+        inputs["agreement"] = "results/stain/hscore_agreement.tsv"
+    if RUN_SURVIVAL:
+        inputs["cindex"] = "results/survival/cindex.tsv"
     return inputs
 
 
@@ -128,6 +145,10 @@ def all_outputs():
         outputs.append(f"{SIM_OUT}/clinical.tsv")
     if PRETRAIN_SAMPLES:  # the model stages need samples with expression to train on
         outputs += expand("results/predict/{sample}.h5ad", sample=SAMPLES)
+        outputs += expand("results/stain/{sample}/hscores.tsv", sample=SAMPLES)
         if EVALUATE_SAMPLES:
             outputs.append("results/predict/metrics.tsv")
+            outputs.append("results/stain/hscore_agreement.tsv")
+        if RUN_SURVIVAL:
+            outputs.append("results/survival/cindex.tsv")
     return outputs

@@ -71,10 +71,12 @@ rule evaluate:
         n_genes=config["evaluate"]["n_genes"],
         pca=config["evaluate"]["pca_components"],
         seed=config["evaluate"]["seed"],
+        figure_samples=config["evaluate"]["figure_samples"],
     shell:
         "{params.pastflow} evaluate --test-embeddings {input.test_embeddings}"
         " --test-tables {input.test_tables} --predictions {input.predictions}"
         " --train-embeddings {input.train_embeddings} --train-tables {input.train_tables}"
         " --metrics {output.metrics} --per-gene {output.per_gene} --lopo {output.lopo}"
         " --figures {output.figures} --markers {params.markers} --n-genes {params.n_genes}"
-        " --pca {params.pca} --seed {params.seed} --no-progress > {log} 2>&1"
+        " --pca {params.pca} --seed {params.seed} --figure-samples {params.figure_samples}"
+        " --no-progress > {log} 2>&1"

@@ -56,6 +56,8 @@ def add_parser(subparsers) -> None:
     e.add_argument("--pca", type=int, default=256,
                    help="PCA components of the ridge probe (default 256, HEST)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--figure-samples", type=int, default=None,
+                   help="draw figures for the first N test samples only (default: all)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=run_evaluate)
 
@@ -82,4 +84,5 @@ def run_evaluate(args: argparse.Namespace) -> None:
                     list(zip(args.train_embeddings, args.train_tables)),
                     EvaluationFiles(args.metrics, args.per_gene, args.lopo, args.figures),
                     markers=args.markers, n_genes=args.n_genes, n_components=args.pca,
-                    seed=args.seed, progress=not args.no_progress)
+                    seed=args.seed, figure_samples=args.figure_samples,
+                    progress=not args.no_progress)

@@ -1,0 +1,11 @@
+"""The ``stain`` stage: virtual IHC from predicted expression.
+
+- ``panel.py``: the marker panel (marker -> genes, compartment, cut-offs) and marker scores;
+- ``calibrate.py``: 0/1+/2+/3+ cut-offs calibrated on measured expression of training slides;
+- ``score.py``: binning, region grid, H-scores;
+- ``deconvolve.py``: colour deconvolution (scikit-image) and the DAB pixel H-score;
+- ``render.py``: the virtual stain (hematoxylin + Beer-Lambert DAB per cell), tile by tile;
+- ``pyramid.py``: tiled pyramidal TIFF output; ``sample.py``: one sample end to end;
+- ``agreement.py``: predicted vs measured H-scores; ``plots.py``: figures; ``io.py``: reading
+  the prediction and QC tables; ``cli.py``.
+"""

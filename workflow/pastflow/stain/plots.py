@@ -1,0 +1,136 @@
+"""Figures of the stain stage: thumbnails of virtual stains, Bland-Altman, predicted vs measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PANEL_PX = 480  # pixels per thumbnail panel: 4.4 in at the figure's 110 dpi
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` shrunk (Lanczos, PIL) so its longer side is at most ``side`` pixels:
+    matplotlib's own resampling of a large image at savefig is ~10x slower."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    pil.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return np.asarray(pil)
+
+
+def plot_thumbnails(he: np.ndarray, stains: dict[str, np.ndarray], hscores: dict[str, float],
+                    *, extent_um: tuple[float, float], grid_um: float | None, title: str,
+                    path: str | Path) -> None:
+    """H&E and each virtual stain side by side (axes in microns), region grid overlaid."""
+    panels = [("H&E", he)] + [(f"virtual {m}  (H-score {hscores.get(m, np.nan):.0f})", img)
+                              for m, img in stains.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
+    width, height = extent_um
+    for ax, (label, image) in zip(axes[0], panels):
+        ax.imshow(_fit(image, PANEL_PX), extent=(0, width, height, 0), interpolation="none")
+        if grid_um:
+            for x in np.arange(grid_um, width, grid_um):
+                ax.axvline(x, color="k", lw=0.4, alpha=0.5)
+            for y in np.arange(grid_um, height, grid_um):
+                ax.axhline(y, color="k", lw=0.4, alpha=0.5)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("um")
+    axes[0, 0].set_ylabel("um")
+    fig.suptitle(f"{title}: virtual IHC (hematoxylin from the H&E + DAB from predicted expression)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+MAX_SAMPLES_IN_LEGEND = 8  # beyond this, colours only tell samples apart, unnamed
+
+
+def _marker_axes(markers: list[str], size: float = 3.4):
+    cols = min(len(markers), 5)
+    rows = -(-len(markers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.8),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat[len(markers):]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:len(markers)])
+
+
+def _legend(fig, samples: list[str], colours: dict) -> None:
+    """One legend below the panels: the marker shapes, and the samples' colours when few."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color="grey", label="region"),
+               Line2D([], [], ls="", marker="s", color="grey", markeredgecolor="k", label="slide")]
+    if len(samples) <= MAX_SAMPLES_IN_LEGEND:
+        handles += [Line2D([], [], ls="", marker="o", color=colours[s], label=s) for s in samples]
+    else:
+        handles.append(Line2D([], [], ls="", label=f"{len(samples)} slides, one colour each"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 10),
+               fontsize=8, frameon=False)
+
+
+def plot_bland_altman(pairs: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -> None:
+    """Per marker: predicted - measured H-score against their mean, regions (dots, one colour
+    per sample) and slides (squares); bias and 95% limits of agreement of the regions."""
+    markers = sorted(pairs["marker"].unique())
+    fig, axes = _marker_axes(markers)
+    samples = sorted(pairs["sample"].unique())
+    colours = dict(zip(samples, plt.cm.tab10(np.arange(len(samples)) % 10)))
+    for ax, marker in zip(axes, markers):
+        group = pairs[pairs["marker"] == marker]
+        for (sample, level), g in group.groupby(["sample", "level"]):
+            mean = (g["predicted"] + g["measured"]) / 2
+            ax.scatter(mean, g["predicted"] - g["measured"], s=50 if level == "slide" else 14,
+                       marker="s" if level == "slide" else "o", color=colours[sample],
+                       edgecolor="k" if level == "slide" else "none", alpha=0.8)
+        row = summary[(summary["marker"] == marker) & (summary["level"] == "region")]
+        if len(row):
+            r = row.iloc[0]
+            ax.axhline(r["bias"], color="k", lw=1)
+            for lim in (r["loa_lower"], r["loa_upper"]):
+                ax.axhline(lim, color="k", lw=0.8, ls="--")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(marker, fontsize=10)
+        ax.set_xlabel("mean H-score", fontsize=9)
+        ax.set_ylabel("predicted - measured", fontsize=9)
+    _legend(fig, samples, colours)
+    fig.suptitle("Bland-Altman: H-score from predicted vs measured expression "
+                 "(solid: bias, dashed: 95% limits, regions)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_agreement_scatter(pairs: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -> None:
+    """Per marker: predicted against measured H-score (regions dots, slides squares), with the
+    regions' Pearson r and n."""
+    markers = sorted(pairs["marker"].unique())
+    fig, axes = _marker_axes(markers)
+    samples = sorted(pairs["sample"].unique())
+    colours = dict(zip(samples, plt.cm.tab10(np.arange(len(samples)) % 10)))
+    for ax, marker in zip(axes, markers):
+        group = pairs[pairs["marker"] == marker]
+        for (sample, level), g in group.groupby(["sample", "level"]):
+            ax.scatter(g["measured"], g["predicted"], s=50 if level == "slide" else 14,
+                       marker="s" if level == "slide" else "o", color=colours[sample],
+                       edgecolor="k" if level == "slide" else "none", alpha=0.8)
+        top = max(10.0, float(group[["predicted", "measured"]].to_numpy().max()) * 1.05)
+        ax.plot([0, top], [0, top], color="grey", lw=0.6)
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        row = summary[(summary["marker"] == marker) & (summary["level"] == "region")]
+        label = (f"r = {row.iloc[0]['pearson_r']:.2f} (n = {row.iloc[0]['n']})" if len(row)
+                 else "")
+        ax.set_title(f"{marker}  {label}", fontsize=10)
+        ax.set_xlabel("H-score, measured expression", fontsize=9)
+        ax.set_ylabel("H-score, predicted from H&E", fontsize=9)
+    _legend(fig, samples, colours)
+    fig.suptitle("Virtual IHC H-scores on held-out slides (r over regions)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

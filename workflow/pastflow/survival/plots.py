@@ -1,0 +1,128 @@
+"""Survival figures: Kaplan-Meier of risk groups, forest plot, c-index bars, td-AUC.
+
+Functions draw on a given matplotlib ``ax`` (lifelines' convention) and return what they
+computed; :func:`save_figure` writes a figure atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # batch jobs have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from lifelines import KaplanMeierFitter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from lifelines.statistics import logrank_test  # noqa: E402
+
+from pastflow.atomic import atomic_path  # noqa: E402
+
+GROUP_COLOURS = {"low risk": "#2b83ba", "high risk": "#d7191c"}
+
+
+def risk_groups(risk: np.ndarray) -> np.ndarray:
+    """``True`` = high risk: above the cohort median of ``risk`` ``(n,)``."""
+    risk = np.asarray(risk, float)
+    return risk > np.median(risk)
+
+
+def plot_km(time: np.ndarray, event: np.ndarray, risk: np.ndarray, ax, title: str = "") -> float:
+    """Kaplan-Meier curves of the patients above / at-or-below the median ``risk``, with
+    the log-rank test between them; returns its p-value (NaN when a group is empty)."""
+    time, event = np.asarray(time, float), np.asarray(event).astype(int)
+    high = risk_groups(risk)
+    for name, members in (("low risk", ~high), ("high risk", high)):
+        if members.any():
+            KaplanMeierFitter(label=f"{name} (n={members.sum()})").fit(
+                time[members], event[members]).plot_survival_function(
+                ax=ax, ci_show=True, color=GROUP_COLOURS[name], show_censors=True)
+    p = float("nan")
+    if high.any() and (~high).any():
+        p = float(logrank_test(time[high], time[~high], event[high], event[~high]).p_value)
+    ax.set_title(f"{title}\nlog-rank p = {p:.2g}", fontsize=9)
+    ax.set_xlabel("time (os_time units)")
+    ax.set_ylabel("survival probability")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="lower left")
+    return p
+
+
+def km_figure(time: np.ndarray, event: np.ndarray, risks: dict[str, np.ndarray]) -> tuple[plt.Figure, dict[str, float]]:
+    """One Kaplan-Meier panel per model (cross-validated risk, median split); p-values."""
+    n = len(risks)
+    cols = min(3, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    pvalues = {}
+    for ax, (model, risk) in zip(axes.flat, risks.items()):
+        pvalues[model] = plot_km(time, event, risk, ax, title=model)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig, pvalues
+
+
+def plot_forest(summary: pd.DataFrame, ax, title: str = "") -> None:
+    """Hazard ratio per standard deviation of each covariate with its 95% CI (log axis),
+    from a lifelines ``summary`` table."""
+    table = summary.sort_values("coef")
+    y = np.arange(len(table))
+    hr = table["exp(coef)"].to_numpy()
+    low, high = table["exp(coef) lower 95%"].to_numpy(), table["exp(coef) upper 95%"].to_numpy()
+    colours = np.where(table["p"] < 0.05, "#d7191c", "#404040")
+    for yi, h, lo, hi, colour in zip(y, hr, low, high, colours):
+        ax.errorbar(h, yi, xerr=[[h - lo], [hi - h]], fmt="o", color=colour, capsize=3, ms=4)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    # Plain ratios (0.5, 1, 2) rather than matplotlib's overlapping 4x10^-1 minor labels.
+    ticks = [v for v in (0.125, 0.25, 0.5, 1, 2, 4, 8) if low.min() / 1.5 <= v <= high.max() * 1.5]
+    ax.set_xticks(ticks or [1])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticks(y)
+    ax.set_yticklabels(table.index, fontsize=7)
+    ax.set_xlabel("hazard ratio per SD (95% CI); red: p < 0.05")
+    ax.set_title(title, fontsize=9)
+
+
+def plot_cindex(table: pd.DataFrame, ax) -> None:
+    """Bars of ``cindex`` with ``ci_low``-``ci_high`` intervals, one per ``model``; the
+    ``true_hazard`` row (simulated cohorts) drawn in grey as the ceiling."""
+    y = np.arange(len(table))
+    values = table["cindex"].to_numpy()
+    err = [values - table["ci_low"].to_numpy(), table["ci_high"].to_numpy() - values]
+    colours = ["#9e9e9e" if m == "true_hazard" else "#3182bd" for m in table["model"]]
+    ax.barh(y, values, xerr=err, color=colours, capsize=3)
+    ax.axvline(0.5, color="black", linestyle="--", linewidth=0.8)
+    for yi, v in zip(y, values):
+        ax.text(0.02, yi, f"{v:.3f}", va="center", color="white", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(table["model"])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("cross-validated c-index (95% bootstrap interval)")
+
+
+def plot_td_auc(table: pd.DataFrame, ax, reason: str | None = None) -> None:
+    """td-AUC against time, one line per model; the reason when nothing was computed."""
+    if table.empty:
+        ax.text(0.5, 0.5, f"time-dependent AUC not computed:\n{reason}", ha="center",
+                va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    for model, rows in table.groupby("model", sort=False):
+        ax.plot(rows["time"], rows["auc"], marker="o", label=model)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time (os_time units)")
+    ax.set_ylabel("cumulative/dynamic AUC")
+    ax.legend(fontsize=7)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
