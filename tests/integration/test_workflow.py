@@ -157,7 +157,7 @@ def test_survival_stage_cross_validates_every_modality(small_run):
 def test_report_has_every_stage(small_run):
     html = (small_run / "results" / "report.html").read_text(errors="replace")
     for text in ("QC", "Cell patches", "xa", "he", "Model", "training_curves.png",
-                 "metrics.tsv", "maps.png", "Virtual IHC", "thumbnails.png", "bland_altman.png", "Survival", "km.png"):
+                 "metrics.tsv", "maps.png", "Virtual IHC", "thumbnails.jpg", "bland_altman.png", "Survival", "km.png"):
         assert text in html
 
 

@@ -67,23 +67,34 @@ def finished_jobs() -> list[tuple[str, str, str]]:
     return jobs
 
 
+def shrunk_profile(repo: Path, workdir: Path) -> Path:
+    """The project's Slurm profile, partitions and GPU requests untouched, with memory and
+    CPUs shrunk to fit this one small node (a command-line --set-resources would replace the
+    profile's whole set-resources, partitions included)."""
+    profile = yaml.safe_load((repo / "config" / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"].update(mem_mb=2000, runtime=30, cpus_per_task=1)
+    for rule in GPU_RULES:
+        profile["set-resources"][rule].update(mem_mb=3000, cpus_per_gpu=1)
+    profile["jobs"] = 2
+    folder = workdir / "profile"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
 def test_workflow_runs_through_slurm(tmp_path, repo_root):
     start_slurm()
     subprocess.run(["scancel", "--user", "root"], check=False)
     small_config(repo_root, tmp_path)
+    profile = shrunk_profile(repo_root, tmp_path)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     cmd = [str(Path(sys.executable).parent / "snakemake"),
            "--snakefile", str(repo_root / "workflow" / "Snakefile"),
            "--directory", str(tmp_path),
            "--configfile", str(tmp_path / "config" / "config.yaml"),
-           "--profile", str(repo_root / "config" / "profiles" / "slurm"),
+           "--profile", str(profile),
            "--slurm-no-account", "--slurm-status-command", "squeue",
-           "--slurm-init-seconds-before-status-checks", "5",
-           "--default-resources", "slurm_partition=cpu", "mem_mb=2000", "runtime=30",
-           "cpus_per_task=1",
-           "--set-resources", "pretrain:mem_mb=4000", "embed:mem_mb=2000",
-           "pretrain:cpus_per_gpu=1", "embed:cpus_per_gpu=1",
-           "--jobs", "2"]
+           "--slurm-init-seconds-before-status-checks", "5"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2400)
     log = run.stdout + run.stderr
     print(log[-4000:])
@@ -104,4 +115,7 @@ def test_workflow_runs_through_slurm(tmp_path, repo_root):
             assert "gpu" in tres, (rule, tres)  # the plugin turned gpu=1 into --gpus=1
         else:
             assert partition == "cpu", (rule, partition)
-    assert GPU_RULES & rules, "no GPU-partition rule ran"
+    assert GPU_RULES <= rules, "a GPU-partition rule did not run"
+    # the profile's gpu: 1 made the pretrain rule start torchrun
+    pretrain_log = (tmp_path / "results" / "logs" / "pretrain" / "pretrain.log").read_text()
+    assert "launched by torchrun" in pretrain_log

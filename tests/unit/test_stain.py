@@ -404,7 +404,7 @@ def test_cli_calibrates_stains_and_scores_a_sample(small_sample, tmp_path):
         (0, 0), 0, (480, 480)).convert("RGB"))
     assert dab_hscore(ki67).pct_3 > dab_hscore(np.asarray(openslide.OpenSlide(
         out / "virtual_CD20.tif").read_region((0, 0), 0, (480, 480)).convert("RGB"))).pct_3 + 1
-    assert (out / "thumbnails.png").stat().st_size > 10_000
+    assert (out / "thumbnails.jpg").stat().st_size > 10_000
 
     # Predicted and measured levels agree cell for cell here: r = 1 over regions.
     report = [tmp_path / n for n in ("agreement.tsv", "details.tsv", "ba.png", "scatter.png")]

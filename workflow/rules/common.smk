@@ -60,6 +60,15 @@ wildcard_constraints:
     sample="|".join(SAMPLES),
 
 
+def project_file(path):
+    """A config path to a file shipped with pastflow (``resources/...``): as given when it
+    exists relative to the working directory, else relative to this checkout, so a run in
+    another directory (``--directory``) finds the project's defaults."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    return str(Path(workflow.basedir).parent / path)
+
+
 def rule_resources(rule):
     """The rule's memory and wall time from config ``resources`` (the profile's
     ``set-resources`` wins). Runtimes grow with the attempt: a retried job (``retries:``,

@@ -1,7 +1,7 @@
 # Virtual IHC (pastflow.stain): cut-offs calibrated on the training slides' measured
 # expression, then per sample H-scores and virtual stain images from predicted expression,
 # then predicted against measured H-scores on the held-out slides.
-STAIN_PANEL = config["stain"]["panel"]
+STAIN_PANEL = project_file(config["stain"]["panel"])
 STAIN_IMAGES = config["stain"]["images"]
 
 
@@ -47,7 +47,7 @@ rule stain:
             "results/stain/{{sample}}/virtual_{marker}.tif", marker=STAIN_IMAGES
         ),
         thumbnails=report(
-            "results/stain/{sample}/thumbnails.png",
+            "results/stain/{sample}/thumbnails.jpg",
             caption="../report/stain_thumbnails.rst",
             category="4. Virtual IHC",
             subcategory="virtual stains",

@@ -57,6 +57,8 @@ def init_distributed() -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     if world_size <= 1:
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun with one process (one GPU)
+            log.info("launched by torchrun: 1 process, no process group needed")
         return DistContext(device=torch.device("cuda" if cuda else "cpu"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:

@@ -12,7 +12,8 @@ Writes, atomically:
   ``{marker}_measured_score`` / ``_level`` (empty where the cell did not pass QC);
 - ``virtual_{marker}.tif`` for each requested marker: tiled pyramidal TIFF at the patch
   store's resolution (:mod:`pastflow.stain.pyramid`);
-- ``thumbnails.png``: H&E and virtual stains side by side, with the region grid.
+- ``thumbnails.jpg``: H&E and virtual stains side by side, with the region grid (JPEG:
+  a tissue image is ~8x smaller than as PNG, and the report embeds one per sample).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class StainOutputs:
 
     @property
     def thumbnails(self) -> Path:
-        return self.out_dir / "thumbnails.png"
+        return self.out_dir / "thumbnails.jpg"
 
     def image(self, marker: str) -> Path:
         return self.out_dir / f"virtual_{marker}.tif"
