@@ -40,6 +40,7 @@ EVALUATE_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] == 
 MODEL = "results/pretrain/model"
 SIM_OUT = config["simulate"].get("out", "results/simulated")
 SUMMARY = "results/summary.json"
+SURVIVAL = "results/survival"
 # Survival needs tens of patients with outcomes: the simulated cohort, or a user's table.
 SURVIVAL_PATIENTS = len(set(samples["patient"]))
 RUN_SURVIVAL = bool(
@@ -144,6 +145,33 @@ def load_run_summary(path=SUMMARY):
     """The run's key numbers (``pastflow summary``) for the report's front page, or None
     before the run has made them."""
     return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+
+
+def survival_clinical():
+    """The user's clinical table, or the simulated cohort's."""
+    if config["survival"].get("clinical"):
+        return config["survival"]["clinical"]
+    return f"{SIM_OUT}/clinical.tsv"
+
+
+def survival_hscores(wildcards):
+    """The stain stage's slide H-scores when ``survival.use_hscores`` is on."""
+    if config["survival"].get("use_hscores"):
+        return expand("results/stain/{sample}/hscores.tsv", sample=SAMPLES)
+    return []
+
+
+def survival_options(wildcards, input):
+    """Optional inputs of ``pastflow survival``: H-scores, true hazard, gene sets."""
+    options = []
+    if input.hscores:
+        options.append("--hscores " + " ".join(input.hscores))
+    if input.truth:
+        options.append(f"--truth {input.truth}")
+    gene_sets = resolve_config(config.get("pretrain"))["data"]["gene_sets"]
+    if gene_sets:
+        options.append(f"--gene-sets {gene_sets}")
+    return " ".join(options)
 
 
 def all_outputs():

@@ -1,36 +1,6 @@
 # Cohort level: patient features (clinical; image embeddings and their cluster composition;
 # pathway scores of the predicted expression, virtual H-scores) -> penalised Cox models and
 # attention-MIL, cross-validated by patient; c-index with 95% intervals, KM and forest plots.
-SURVIVAL = "results/survival"
-
-
-def survival_clinical():
-    """The user's clinical table, or the simulated cohort's."""
-    if config["survival"].get("clinical"):
-        return config["survival"]["clinical"]
-    return f"{SIM_OUT}/clinical.tsv"
-
-
-def survival_hscores(wildcards):
-    """The stain stage's slide H-scores when ``survival.use_hscores`` is on."""
-    if config["survival"].get("use_hscores"):
-        return expand("results/stain/{sample}/hscores.tsv", sample=SAMPLES)
-    return []
-
-
-def survival_options(wildcards, input):
-    """Optional inputs of ``pastflow survival``: H-scores, true hazard, gene sets."""
-    options = []
-    if input.hscores:
-        options.append("--hscores " + " ".join(input.hscores))
-    if input.truth:
-        options.append(f"--truth {input.truth}")
-    gene_sets = resolve_config(config.get("pretrain"))["data"]["gene_sets"]
-    if gene_sets:
-        options.append(f"--gene-sets {gene_sets}")
-    return " ".join(options)
-
-
 rule survival:
     input:
         clinical=survival_clinical(),
@@ -88,7 +58,7 @@ rule survival:
         **rule_resources("survival"),
     params:
         pastflow=PASTFLOW,
-        out=SURVIVAL,
+        out=lambda wildcards, output: Path(output.cindex).parent,
         options=survival_options,
         sample_patients=" ".join(f"{s}={samples.loc[s, 'patient']}" for s in SAMPLES),
         folds=config["survival"]["folds"],
