@@ -134,7 +134,8 @@ def test_stain_stage_scores_every_sample_and_checks_the_test_one(small_run):
         assert set(slide["source"]) == {"predicted"} and slide["hscore"].between(0, 300).all()
         assert {"Ki67", "CD3", "pan-cytokeratin"} <= set(slide["marker"])
         with openslide.OpenSlide(str(results / "stain" / sample / "virtual_Ki67.tif")) as wsi:
-            assert wsi.level_count > 1 and float(wsi.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+            assert wsi.level_count > 1
+            assert float(wsi.properties["openslide.mpp-x"]) == pytest.approx(0.5, rel=0.01)
     agreement = pd.read_csv(results / "stain" / "hscore_agreement.tsv", sep="\t")
     assert list(agreement.columns[:4]) == ["marker", "level", "pearson_r", "n"]
     assert set(agreement["level"]) <= {"slide", "region"} and (agreement["n"] >= 1).all()
@@ -226,7 +227,7 @@ def test_adding_a_sample_reruns_only_its_jobs_and_the_gathers(small_run, repo_ro
     sheet = small_run / "config" / "samples.tsv"
     original = sheet.read_text()
     try:
-        sheet.write_text(original + sheet_row("he2", "P5", "he_only", "test") + "\n")
+        sheet.write_text(original + sheet_row("he2", "P99", "he_only", "test") + "\n")
         dry = snakemake(small_run, repo_root, "-n")
         assert dry.returncode == 0, dry.stderr[-3000:]
         jobs = planned_jobs(dry.stdout + dry.stderr)
@@ -239,16 +240,14 @@ def test_adding_a_sample_reruns_only_its_jobs_and_the_gathers(small_run, repo_ro
 
 
 def planned_jobs(dry_run_log: str) -> list[tuple[str, str | None]]:
-    """(rule, sample or None) of every job a dry run lists: one block per job, a
-    ``rule <name>:`` line, then indented fields (``wildcards: sample=...``)."""
-    jobs = []
-    for block in re.split(r"\n\s*\n", dry_run_log):
-        lines = [line.strip() for line in block.strip().splitlines()]
-        if not lines or not re.fullmatch(r"(local)?rule \w+:", lines[0]):
-            continue
-        rule = lines[0].split()[1].rstrip(":")
-        wildcards = next((line for line in lines if line.startswith("wildcards:")), "")
-        sample = re.search(r"sample=([^,\s]+)", wildcards)
-        if rule != "all":
-            jobs.append((rule, sample.group(1) if sample else None))
-    return jobs
+    """(rule, sample or None) of every job a dry run lists: a ``rule <name>:`` line opens a
+    job, an indented ``wildcards: sample=...`` line below it names the sample."""
+    jobs: list[list] = []
+    for line in dry_run_log.splitlines():
+        opened = re.fullmatch(r"(?:local)?rule (\w+):", line.strip())
+        if opened:
+            jobs.append([opened.group(1), None])
+        elif jobs and line.strip().startswith("wildcards:"):
+            sample = re.search(r"sample=([^,\s]+)", line)
+            jobs[-1][1] = sample.group(1) if sample else None
+    return [(rule, sample) for rule, sample in jobs if rule != "all"]
