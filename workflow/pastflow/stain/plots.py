@@ -28,8 +28,13 @@ def plot_thumbnails(he: np.ndarray, stains: dict[str, np.ndarray], hscores: dict
                     *, extent_um: tuple[float, float], grid_um: float | None, title: str,
                     path: str | Path) -> None:
     """H&E and each virtual stain side by side (axes in microns), region grid overlaid."""
-    panels = [("H&E", he)] + [(f"virtual {m}  (H-score {hscores.get(m, np.nan):.0f})", img)
-                              for m, img in stains.items()]
+    def label(marker: str) -> str:
+        score = hscores.get(marker, np.nan)
+        # a marker none of whose genes the model predicts: drawn without DAB, not scored
+        return (f"virtual {marker}  (H-score {score:.0f})" if np.isfinite(score)
+                else f"virtual {marker}  (not scored: genes absent)")
+
+    panels = [("H&E", he)] + [(label(m), img) for m, img in stains.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
     width, height = extent_um
     for ax, (label, image) in zip(axes[0], panels):
