@@ -56,3 +56,25 @@ def test_catalog_usage_file(repo_root):
     catalog = yaml.safe_load((repo_root / ".snakemake-workflow-catalog.yml").read_text())
     assert catalog["usage"]["software-stack-deployment"]["conda"] is True
     assert catalog["usage"]["report"] is True
+
+
+def merged(base: dict, override: dict) -> dict:
+    """Snakemake's merge of a --configfile over the default config (nested keys kept)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("name", ["her2st.yaml"])
+def test_real_data_configs_validate_over_the_defaults(repo_root, name):
+    from pastflow.models.config import resolve_config
+    from pastflow.sheet import validate_config
+
+    default = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    config = merged(default, yaml.safe_load((repo_root / "config" / name).read_text()))
+    validate_config(config, source=name)
+    resolve_config(config["pretrain"], source=f"{name}: pretrain")
+    assert config["stain"]["panel"] == default["stain"]["panel"]  # kept from the defaults
+    assert not config["simulate"]["enabled"]
