@@ -2,7 +2,7 @@
 than memory should need: the 40,000 x 40,000 px benchmark slide (4.8 GB of RGB at level 0).
 
 The slide is the cached one of ``test_bench_patches.py`` (``results/bench/cache/``, written by
-``pastflow.simulate.write_benchmark_slide`` on first use). Steps, each a fresh interpreter:
+``pastflow.simulate.cohort.write_benchmark_slide`` on first use). Steps, each a fresh interpreter:
 
 1. ``pastflow ingest --technology he_only``: nucleus detection over the whole slide (tile by
    tile at 0.5 um/px) and the SpatialData zarr with the H&E element (a pyramid level of at most
@@ -84,7 +84,7 @@ def test_bench_memory():
                        OUT / "ingest.log")
     n_cells = ad.read_zarr(sample / "tables" / "table").n_obs
     print(f"patches for {n_cells} cells ...", flush=True)
-    patches = run_stage(["patches", "--table", str(sample), "--out", str(store), "--no-progress"],
+    patches = run_stage(["patches", "--ingested", str(sample), "--out", str(store), "--no-progress"],
                         OUT / "patches.log")
 
     result = {

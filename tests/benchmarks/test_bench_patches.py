@@ -63,9 +63,9 @@ def benchmark_slide() -> tuple[Path, Path, str]:
     :func:`write_fallback_slide`; the cache file names say which.
     """
     try:
-        from pastflow.simulate import write_benchmark_slide
+        from pastflow.simulate.cohort import write_benchmark_slide
 
-        writer, tag = "pastflow.simulate.write_benchmark_slide", "sim"
+        writer, tag = "pastflow.simulate.cohort.write_benchmark_slide", "sim"
     except ImportError:  # the simulator's version is not in the tree
         write_benchmark_slide = write_fallback_slide
         writer, tag = "tests/benchmarks/test_bench_patches.py:write_fallback_slide", "fallback"

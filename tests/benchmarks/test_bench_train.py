@@ -54,9 +54,12 @@ CPU_FLOP_PER_CYCLE = 32  # fp32, two 256-bit FMA pipes per core
 
 
 def bench_config() -> dict:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["pretrain"]
-    config = copy.deepcopy(config)
-    train = config.setdefault("train", {})
+    """The demo's pretrain section, resolved over the defaults."""
+    from pastflow.pretrain.settings import resolve_pretrain_config
+
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = resolve_pretrain_config(demo.get("pretrain"))
+    train = config["train"]
     if "PASTFLOW_BENCH_BATCH" in os.environ:
         train["batch_size"] = int(os.environ["PASTFLOW_BENCH_BATCH"])
     train.update(checkpoint_every=10_000, keep_checkpoints=1, log_every=10_000, warmup_steps=1)
@@ -82,10 +85,9 @@ def real_sample() -> tuple[Path, Path]:
          "--data", str(bundle), "--image", str(bundle / "he.ome.tif"),
          "--alignment", str(bundle / "he_imagealignment.csv"), "--out", str(zarr),
          "--no-progress"],
-        ["qc", "--table", str(zarr), "--out", str(table), "--fig-distributions",
+        ["qc", "--ingested", str(zarr), "--out", str(table), "--fig-distributions",
          str(CACHE / "qc_distributions.png"), "--fig-spatial", str(CACHE / "qc_spatial.png")],
-        ["patches", "--table", str(zarr), "--out", str(store), "--mpp", "0.5", "--patch-um", "32",
-         "--no-progress"],
+        ["patches", "--ingested", str(zarr), "--out", str(store), "--no-progress"],  # 32 um at 0.5
     ]
     for argv in steps:
         if not (argv[0] == "simulate" and bundle.is_dir()):

@@ -55,7 +55,7 @@ def small_run(tmp_path_factory, repo_root):
     (workdir / "config").mkdir()
     config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     config["simulate"]["n_cells"] = {"c*": 150, "*": 600}
-    config["survival"].update(min_patients=10, folds=3, repeats=1, inner_folds=2, bootstrap=200,
+    config.setdefault("survival", {}).update(min_patients=10, folds=3, repeats=1, inner_folds=2, bootstrap=200,
                               mil_epochs=10, mil_cells=64)
     # A short pretraining: the model stages' plumbing, not the model's quality.
     config["pretrain"]["train"].update(steps=20, batch_size=16, warmup_steps=2,
@@ -233,9 +233,10 @@ def test_adding_a_sample_reruns_only_its_jobs_and_the_gathers(small_run, repo_ro
         jobs = planned_jobs(dry.stdout + dry.stderr)
     finally:
         sheet.write_text(original)
-    per_sample = {(rule, "he2") for rule in
-                  ("simulate_sample", "ingest", "patches", "embed", "predict", "stain")}
-    gathers = {("simulate_clinical", None), ("survival", None), ("summary", None)}
+    per_sample = {(rule, "he2") for rule in ("simulate_sample", "ingest", "patches", "embed",
+                                             "predict", "stain", "stain_images")}
+    gathers = {("simulate_clinical", None), ("survival_features", None), ("survival", None),
+               ("survival_figures", None), ("summary", None)}
     assert set(jobs) == per_sample | gathers
 
 

@@ -94,7 +94,7 @@ def xenium(tmp_path_factory) -> dict[str, Path]:
     """The simulator's Xenium bundle (real XOA layout), its H&E OME-TIFF and alignment csv."""
     import json
 
-    from pastflow.simulate import simulate_sample
+    from pastflow.simulate.cohort import simulate_sample
 
     folder = simulate_sample(tmp_path_factory.mktemp("sim"), "xa", "P1", "xenium", n_cells=120,
                              seed=3, progress=False)
@@ -128,7 +128,12 @@ def ingest_argv(out: Path, technology: str, *, data="", image="", alignment="", 
     argv = ["ingest", "--sample", "s", "--patient", "p", "--technology", technology, "--data",
             str(data), "--image", str(image), "--alignment", str(alignment), "--no-progress",
             "--out", str(out)]
-    return argv + (["--mpp", str(mpp)] if mpp else [])
+    if mpp:
+        settings = Path(out).parent.parent / f"ingest-mpp-{mpp}.yaml"  # beside the output folder
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text(f"ingest: {{mpp: {mpp}}}\n")
+        argv += ["--settings", str(settings)]
+    return argv
 
 
 # --------------------------------------------------------------------------- missing / empty files
@@ -158,7 +163,7 @@ def test_empty_data_folder(tmp_path, capsys, slide):
 
 def test_qc_of_a_missing_sample(tmp_path, capsys):
     out = tmp_path / "out"
-    refused(["qc", "--table", str(tmp_path / "nope.zarr"), "--out", str(out / "s.h5ad"),
+    refused(["qc", "--ingested", str(tmp_path / "nope.zarr"), "--out", str(out / "s.h5ad"),
              "--fig-distributions", str(out / "d.png"), "--fig-spatial", str(out / "sp.png")],
             capsys, tmp_path / "nope.zarr", "ingested sample not found", out)
 
@@ -167,7 +172,7 @@ def test_patches_of_a_folder_that_is_not_an_ingested_sample(tmp_path, capsys):
     folder = tmp_path / "s.zarr"
     folder.mkdir()
     out = tmp_path / "out"
-    refused(["patches", "--table", str(folder), "--out", str(out / "s.h5"), "--gallery",
+    refused(["patches", "--ingested", str(folder), "--out", str(out / "s.h5"), "--gallery",
              str(out / "s.png"), "--no-progress"], capsys, folder / "tables" / "table",
             "not an AnnData table", out)
 
@@ -267,7 +272,7 @@ def test_corrupt_tile_found_while_writing_the_patch_store(tmp_path, capsys, slid
     data[offset: offset + count] = b"\x00" * count  # tile 30: no JPEG left
     copy.write_bytes(bytes(data))
     out = tmp_path / "out"
-    refused(["patches", "--table", str(sample), "--out", str(out / "s.h5"), "--gallery",
+    refused(["patches", "--ingested", str(sample), "--out", str(out / "s.h5"), "--gallery",
              str(out / "s_gallery.png"), "--no-progress"], capsys, copy,
             "cannot decode level 0 tile 30", out)
     assert out.is_dir()  # the store was being written there, and is gone
@@ -339,9 +344,11 @@ def test_cells_with_zero_counts_are_kept_and_qc_filters_them(tmp_path, capsys, c
         assert main(ingest_argv(sample, "legacy_st", **paths)) == 0
     assert "5 of 36 cells have zero counts (kept; qc filters them)" in caplog.text
     qc = tmp_path / "qc" / "s.h5ad"
-    assert main(["qc", "--table", str(sample), "--out", str(qc), "--fig-distributions",
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("qc: {min_cells: 1}\n")
+    assert main(["qc", "--ingested", str(sample), "--out", str(qc), "--fig-distributions",
                  str(tmp_path / "qc" / "d.png"), "--fig-spatial", str(tmp_path / "qc" / "sp.png"),
-                 "--min-cells", "1"]) == 0
+                 "--settings", str(settings)]) == 0
     assert ad.read_h5ad(qc).n_obs == 31
 
 
@@ -350,7 +357,7 @@ def test_every_cell_with_zero_counts_fails_qc(tmp_path, capsys):
     sample = tmp_path / "s.zarr"
     assert main(ingest_argv(sample, "legacy_st", **paths)) == 0
     out = tmp_path / "out"
-    refused(["qc", "--table", str(sample), "--out", str(out / "s.h5ad"), "--fig-distributions",
+    refused(["qc", "--ingested", str(sample), "--out", str(out / "s.h5ad"), "--fig-distributions",
              str(out / "d.png"), "--fig-spatial", str(out / "sp.png")], capsys, sample,
             "no cell passes QC (min_counts=10, min_genes=5; 36 cells in)", out)
 
@@ -380,8 +387,10 @@ def test_blank_he_under_expression_is_flagged_not_refused(tmp_path, caplog):
     sample = tmp_path / "s.zarr"
     with caplog.at_level(logging.WARNING):
         assert main(ingest_argv(sample, "legacy_st", **paths)) == 0
-        assert main(["patches", "--table", str(sample), "--out", str(tmp_path / "s.h5"),
-                     "--patch-um", "200", "--mpp", "5", "--no-progress"]) == 0
+        settings = tmp_path / "settings.yaml"
+        settings.write_text("patches: {patch_um: 200, mpp: 5}\n")
+        assert main(["patches", "--ingested", str(sample), "--out", str(tmp_path / "s.h5"),
+                     "--settings", str(settings), "--no-progress"]) == 0
     assert "the H&E is blank (one flat colour)" in caplog.text
     assert f"no tissue found on the slide {paths['image'].resolve()}: all 36 cells" in caplog.text
     assert ad.read_zarr(sample / "tables" / "table").uns["pastflow"]["he_blank"]

@@ -36,10 +36,12 @@ RUN_SCRIPT = """
 import json, sys
 from pathlib import Path
 from pastflow.cli import main
-from pastflow.ingest import ingest_sample
-from pastflow.simulate import simulate_sample
+from pastflow.ingest.sample import ingest_sample
+from pastflow.simulate.cohort import simulate_sample
 
 root = Path(sys.argv[1])
+settings = root.parent / f"{root.name}-settings.yaml"  # beside the outputs compared
+settings.write_text("qc: {min_cells: 1}\n")
 for seed, technology in enumerate(["xenium", "visium", "he_only"]):
     sample = f"s_{technology}"
     folder = simulate_sample(root / "simulated", sample, "P1", technology, n_cells=60, seed=seed,
@@ -49,11 +51,11 @@ for seed, technology in enumerate(["xenium", "visium", "he_only"]):
     table = root / "ingest" / f"{sample}.zarr"
     ingest_sample(sample, "P1", technology, table, progress=False, **paths)
     if technology != "he_only":
-        assert main(["qc", "--table", str(table), "--out", str(root / "qc" / f"{sample}.h5ad"),
+        assert main(["qc", "--ingested", str(table), "--out", str(root / "qc" / f"{sample}.h5ad"),
                      "--fig-distributions", str(root / "qc" / f"{sample}_distributions.png"),
                      "--fig-spatial", str(root / "qc" / f"{sample}_spatial.png"),
-                     "--min-cells", "1"]) == 0
-    assert main(["patches", "--table", str(table), "--out", str(root / "patches" / f"{sample}.h5"),
+                     "--settings", str(settings)]) == 0
+    assert main(["patches", "--ingested", str(table), "--out", str(root / "patches" / f"{sample}.h5"),
                  "--no-progress"]) == 0
 """
 

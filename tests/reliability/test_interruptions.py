@@ -105,14 +105,14 @@ def test_sigkill_during_ingest_leaves_no_output(large_slide, tmp_path):
 
 
 def test_sigkill_during_patches_leaves_no_output(large_slide, tmp_path):
-    from pastflow.ingest import ingest_sample
+    from pastflow.ingest.sample import ingest_sample
 
     sample = ingest_sample("s", "p", "he_only", tmp_path / "s.zarr", image=large_slide,
                            progress=False)
     out = tmp_path / "patches" / "s.h5"
     out.parent.mkdir()
     status = kill_when_writing(
-        [sys.executable, "-m", "pastflow", "patches", "--table", str(sample), "--out", str(out),
+        [sys.executable, "-m", "pastflow", "patches", "--ingested", str(sample), "--out", str(out),
          "--gallery", str(out.parent / "s_gallery.png"), "--workers", "1", "--no-progress"],
         out.parent, "s")
     assert status == -signal.SIGKILL
@@ -126,12 +126,14 @@ TARGETS = ["results/patches/xa.h5", "results/patches/he.h5", "results/qc/xa.h5ad
 
 
 def make_workdir(workdir: Path) -> None:
+    from pastflow.simulate.settings import SimulateSettings
+
     """The default config with a tiny simulated cohort of ``SAMPLES``."""
     (workdir / "config").mkdir(parents=True)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["simulate"]["n_cells"] = 150
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    sim = config["simulate"]["out"]
+    sim = SimulateSettings().out
     paths = {"xenium": ("{sim}/{s}/xenium", "{sim}/{s}/xenium/he.ome.tif",
                         "{sim}/{s}/xenium/he_imagealignment.csv"),
              "he_only": ("", "{sim}/{s}/he.tif", "")}

@@ -1,6 +1,7 @@
 """pastflow.embed: every cell's image (and expression) embedding from a pretrained model, equal
 to what the model computes on the training pipeline's own tensors; the random-weight baseline;
-H&E-only samples; spatial context; bad input; the ``pastflow embed`` command.
+H&E-only samples; spatial context; bad input; the resolution contract (a store at another
+mpp than the model's is refused); the ``pastflow embed`` command and its settings file.
 
 Also the fixtures ``trained`` (a tiny model pretrained on the two-sample cohort of
 ``test_models_fixtures``) and ``embedded`` (both samples embedded), used by test_predict.
@@ -8,18 +9,27 @@ Also the fixtures ``trained`` (a tiny model pretrained on the two-sample cohort 
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pytest
 import torch
 
+from pastflow.contracts import LEVEL_MPP_TOLERANCE, MPP_TOLERANCE
 from pastflow.embed.encode import random_model
+from pastflow.resolution import read_store_resolution, training_resolution
 from pastflow.embed.sample import embed_sample
+from pastflow.embed.settings import EmbedSettings
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint, save_checkpoint
-from pastflow.models.config import resolve_config
+from pastflow.pretrain.settings import resolve_pretrain_config
 from pastflow.models.data import CellDataset
 from pastflow.models.train import pretrain
+from test_models_fixtures import MPP, PATCH_PX
 from test_models_fixtures import cohort  # noqa: F401 (fixture)
 
 TINY = {
@@ -51,9 +61,31 @@ def embedded(trained, cohort, tmp_path_factory):
     paths = {}
     for sample in cohort:
         paths[sample.name] = out / f"{sample.name}.h5ad"
-        embed_sample(trained / "model", sample.store, paths[sample.name], table_path=sample.table,
-                     sample=sample.name, batch_size=7, progress=False)
+        embed_sample(trained / "model", sample.store, paths[sample.name],
+                     EmbedSettings(batch_size=7), table_path=sample.table, sample=sample.name,
+                     progress=False)
     return paths
+
+
+def store_at(sample, mpp: float, out: Path) -> Path:
+    """The patch store of ``sample``'s slide built at ``mpp`` um/px (same cells, same patch
+    side in pixels)."""
+    from pastflow.patches.store import build_patch_store
+
+    build_patch_store(sample.store.with_suffix(".tif"), sample.cell_ids, sample.xy, out,
+                      target_mpp=mpp, patch_px=PATCH_PX, slide_mpp=MPP, progress=False,
+                      workers=1)
+    return out
+
+
+def without_resolution(model_dir: Path, out: Path) -> Path:
+    """A copy of checkpoint ``model_dir`` as written before the resolution contract (no
+    ``model.mpp``, ``model.patch_um``)."""
+    shutil.copytree(model_dir, out)
+    document = json.loads((out / "config.json").read_text())
+    del document["config"]["model"]["mpp"], document["config"]["model"]["patch_um"]
+    (out / "config.json").write_text(json.dumps(document))
+    return out
 
 
 def training_items(model, samples, k: int = 0):
@@ -119,7 +151,8 @@ def test_random_baseline_is_the_seeded_architecture_untrained(embedded, trained,
 
 def test_he_only_sample_gets_image_embeddings_only(trained, cohort, tmp_path):
     out = tmp_path / "he.h5ad"
-    table = embed_sample(trained / "model", cohort[0].store, out, progress=False)
+    table = embed_sample(trained / "model", cohort[0].store, out, EmbedSettings(),
+                         progress=False)
     assert set(table.obsm) == {"X_image", "X_image_random"}
     assert not table.obs["expression_measured"].any()
     assert ad.read_h5ad(out).obs["sample"].iloc[0] == "s1"  # named after the store
@@ -127,13 +160,14 @@ def test_he_only_sample_gets_image_embeddings_only(trained, cohort, tmp_path):
 
 def test_spatial_model_embeds_with_the_training_neighbours(trained, cohort, tmp_path):
     config = load_checkpoint(trained / "model").config
-    spatial = resolve_config({**TINY, "model": {**TINY["model"], "spatial": {"k": 3, "heads": 2}}})
+    spatial = resolve_pretrain_config({**TINY, "model": {**TINY["model"],
+                                                          "spatial": {"k": 3, "heads": 2}}})
     spatial["model"].update(genes=config["model"]["genes"], pathways=config["model"]["pathways"],
                             image_px=config["model"]["image_px"])
     model = random_model(spatial, seed=4)
     save_checkpoint(tmp_path / "spatial", model, spatial, step=0)
     table = embed_sample(tmp_path / "spatial", cohort[0].store, tmp_path / "s.h5ad",
-                         table_path=cohort[0].table, progress=False)
+                         EmbedSettings(), table_path=cohort[0].table, progress=False)
     items = training_items(model, [cohort[0]], k=3)
     cells = cohort[0].cell_ids
     with torch.no_grad():
@@ -155,16 +189,100 @@ def test_a_table_of_another_sample_is_refused_and_nothing_is_written(trained, co
     assert str(cohort[1].table) in err and "same sample" in err
     assert not out.exists() and not list(tmp_path.glob(".wrong*"))
     with pytest.raises(InputError, match="patch store not found"):
-        embed_sample(trained / "model", tmp_path / "absent.h5", out, progress=False)
+        embed_sample(trained / "model", tmp_path / "absent.h5", out, EmbedSettings(),
+                     progress=False)
 
 
-def test_embed_command_writes_the_table(trained, cohort, tmp_path):
+def test_embed_command_reads_its_settings_file(trained, cohort, tmp_path, embedded, capsys):
     from pastflow.cli import main
 
     out = tmp_path / "cli.h5ad"
+    settings = tmp_path / "embed.json"  # as the workflow writes it
+    settings.write_text(json.dumps({"embed": {"batch_size": 5, "random_seed": 2}}))
     assert main(["embed", "--model", str(trained / "model"), "--store", str(cohort[1].store),
                  "--table", str(cohort[1].table), "--sample", "s2", "--out", str(out),
-                 "--batch-size", "5", "--random-seed", "2", "--no-progress"]) == 0
+                 "--settings", str(settings), "--no-progress"]) == 0
     table = ad.read_h5ad(out)
-    assert table.n_obs == 36 and table.uns["pastflow_embed"]["random_seed"] == 2
+    meta = table.uns["pastflow_embed"]
+    assert table.n_obs == 36 and meta["random_seed"] == 2 and meta["batch_size"] == 5
     assert np.isfinite(table.obsm["X_expression"]).all()
+    # The batch size changes nothing; the seed changes only the random baseline.
+    default = ad.read_h5ad(embedded["s2"])
+    assert table.obsm["X_image"] == pytest.approx(default.obsm["X_image"], abs=1e-5)
+    assert not np.allclose(table.obsm["X_image_random"], default.obsm["X_image_random"])
+    # Settings are checked by their class, naming the key; the old flags are gone.
+    settings.write_text("embed:\n  batch_size: 0\n")
+    assert main(["embed", "--model", str(trained / "model"), "--store", str(cohort[1].store),
+                 "--out", str(tmp_path / "bad.h5ad"), "--settings", str(settings)]) == 2
+    assert "embed.batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "bad.h5ad").exists()
+    with pytest.raises(SystemExit):
+        main(["embed", "--model", str(trained / "model"), "--store", str(cohort[1].store),
+              "--out", str(out), "--batch-size", "5"])
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def test_store_and_checkpoint_record_the_resolution(trained, cohort):
+    assert read_store_resolution(cohort[0].store) == pytest.approx((MPP, PATCH_PX * MPP))
+    model = json.loads((trained / "model" / "config.json").read_text())["config"]["model"]
+    assert model["image_px"] == PATCH_PX
+    assert model["mpp"] == pytest.approx(MPP) and model["patch_um"] == pytest.approx(PATCH_PX * MPP)
+    # Stores built for one target resolution always agree: a level used as it is lies within
+    # LEVEL_MPP_TOLERANCE of the target, a resampled one on it.
+    assert 2 * LEVEL_MPP_TOLERANCE < MPP_TOLERANCE
+
+
+def test_a_store_at_another_resolution_is_refused_by_embed(trained, cohort, tmp_path, capsys):
+    from pastflow.cli import main
+
+    coarse = store_at(cohort[0], 2 * MPP, tmp_path / "coarse.h5")
+    assert read_store_resolution(coarse) == pytest.approx((1.0, PATCH_PX * 1.0))
+    out = tmp_path / "coarse.h5ad"
+    with pytest.raises(InputError) as err:
+        embed_sample(trained / "model", coarse, out, EmbedSettings(), progress=False)
+    message = str(err.value)
+    assert err.value.path == str(coarse)  # the store is named, and the model, both resolutions
+    assert str(trained / "model") in message
+    assert "1.0000 um/px" in message and "0.5000 um/px" in message
+    assert "16.0 um" in message and "8.0 um" in message  # the crops in microns
+    assert "MPP_TOLERANCE" in message
+    assert not out.exists()
+    # Through the command: exit status 2 and the message, nothing written.
+    assert main(["embed", "--model", str(trained / "model"), "--store", str(coarse),
+                 "--out", str(out), "--no-progress"]) == 2
+    assert "1.0000 um/px" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_store_within_the_tolerance_passes_and_an_old_checkpoint_warns(trained, cohort,
+                                                                         tmp_path, caplog):
+    # 4% coarser: resampled (beyond LEVEL_MPP_TOLERANCE), still within MPP_TOLERANCE.
+    near = store_at(cohort[0], 1.04 * MPP, tmp_path / "near.h5")
+    mpp = read_store_resolution(near)[0]
+    assert mpp == pytest.approx(1.04 * MPP, rel=0.01) and abs(mpp / MPP - 1) > LEVEL_MPP_TOLERANCE
+    table = embed_sample(trained / "model", near, tmp_path / "near.h5ad", EmbedSettings(),
+                         progress=False)
+    assert table.n_obs == 36
+    assert table.uns["pastflow_embed"]["store_mpp"] == pytest.approx(mpp)
+    assert table.uns["pastflow_embed"]["model_mpp"] == pytest.approx(MPP)
+    # A checkpoint written before model.mpp: accepted, with a warning naming it.
+    old = without_resolution(trained / "model", tmp_path / "old")
+    coarse = store_at(cohort[0], 2 * MPP, tmp_path / "coarse.h5")
+    with caplog.at_level(logging.WARNING):
+        table = embed_sample(old, coarse, tmp_path / "old.h5ad", EmbedSettings(),
+                             progress=False)
+    assert table.n_obs == 36 and np.isnan(table.uns["pastflow_embed"]["model_mpp"])
+    assert any("records no resolution" in r.getMessage() and str(old) in r.getMessage()
+               for r in caplog.records)
+
+
+def test_training_stores_must_agree_on_the_resolution(cohort, tmp_path):
+    near = store_at(cohort[1], 1.04 * MPP, tmp_path / "near.h5")
+    mpp, patch_um = training_resolution([cohort[0].store, near], PATCH_PX)
+    assert mpp == pytest.approx(MPP * 1.02, rel=0.01) and patch_um == pytest.approx(PATCH_PX * mpp)
+    coarse = store_at(cohort[1], 2 * MPP, tmp_path / "coarse.h5")
+    with pytest.raises(InputError, match="must agree") as err:
+        training_resolution([cohort[0].store, coarse], PATCH_PX)
+    assert str(coarse) in str(err.value) and str(cohort[0].store) in str(err.value)
+    assert "1.0000 um/px" in str(err.value) and "0.5000 um/px" in str(err.value)

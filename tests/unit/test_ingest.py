@@ -17,7 +17,8 @@ from scipy.spatial import cKDTree
 
 from pastflow.contracts import HE_SPACE, IMAGE_KEY, OBS_COLUMNS, SHAPES_KEY, TABLE_KEY, UNS_KEYS
 from pastflow.errors import InputError
-from pastflow.ingest import ingest_sample
+from pastflow.ingest.settings import IngestSettings
+from pastflow.ingest.sample import ingest_sample
 from pastflow.ingest.common import (
     affine_scale,
     apply_affine,
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     """One small simulated sample per technology (real vendor formats), ``{technology: folder}``."""
-    from pastflow.simulate import simulate_sample
+    from pastflow.simulate.cohort import simulate_sample
 
     root = tmp_path_factory.mktemp("sim")
     return {t: simulate_sample(root, f"s_{t}", "P1", t, n_cells=n, seed=i, progress=False)
@@ -322,7 +323,7 @@ def test_xenium_spatialdata_zarr_matches_the_bundle(simulated, ingested, tmp_pat
 def test_big_slide_is_stored_downsampled(simulated, tmp_path):
     folder = simulated["he_only"]
     path = ingest_sample("small", "P1", "he_only", tmp_path / "small.zarr", image=folder / "he.tif",
-                         max_image_side=500, progress=False)
+                         settings=IngestSettings(max_image_px=500), progress=False)
     import spatialdata as sd
     from spatialdata.transformations import get_transformation
 
@@ -396,10 +397,12 @@ def test_cli_ingests_a_png_with_mpp(tmp_path, caplog):
     centres = np.array([[30.0, 30.0], [80.0, 40.0], [50.0, 90.0]])
     write_he_png(tmp_path / "he.png", (128, 128), centres, 8)
     out = tmp_path / "he.zarr"
+    settings = tmp_path / "config.yaml"
+    settings.write_text("ingest: {mpp: 0.5}\n")
     with caplog.at_level(logging.INFO, logger="pastflow.ingest.sample"):
         assert main(["ingest", "--sample", "s", "--patient", "p", "--technology", "he_only", "--data", "",
-                     "--image", str(tmp_path / "he.png"), "--alignment", "", "--mpp", "0.5",
-                     "--out", str(out), "--no-progress"]) == 0
+                     "--image", str(tmp_path / "he.png"), "--alignment", "",
+                     "--settings", str(settings), "--out", str(out), "--no-progress"]) == 0
     table = ad.read_zarr(out / "tables" / TABLE_KEY)
-    assert table.shape == (3, 0) and table.uns["pastflow"]["mpp_source"] == "--mpp option"
+    assert table.shape == (3, 0) and table.uns["pastflow"]["mpp_source"] == "config ingest.mpp"
     assert "ingested s (he_only): 3 cells x 0 genes" in caplog.text

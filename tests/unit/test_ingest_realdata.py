@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pastflow.contracts import OBS_COLUMNS, TABLE_KEY
-from pastflow.ingest import ingest_sample
+from pastflow.ingest.sample import ingest_sample
 from pastflow.ingest.common import in_image
 from pastflow.ingest.legacy_st import read_legacy_st
 from pastflow.ingest.xenium_zarr import is_control, read_spatialdata, rebuild_counts

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from pastflow.errors import InputError
 from pastflow.models import checkpoint as ckpt
-from pastflow.models.config import resolve_config
+from pastflow.pretrain.settings import resolve_pretrain_config
 from pastflow.models.model import PastModel
 from pastflow.models.serialize import (optimizer_from_state, optimizer_to_state, rng_from_state,
                                        rng_to_state, scheduler_from_state, scheduler_to_state)
@@ -22,7 +22,7 @@ PX = 16
 
 
 def tiny_run_config() -> dict:
-    config = resolve_config({"model": {
+    config = resolve_pretrain_config({"model": {
         "embed_dim": 16,
         # A small CNN with batch norm: its running statistics are state too.
         "image": {"name": "timm", "kwargs": {"arch": "mobilenetv3_small_050"}},

@@ -57,7 +57,8 @@ def make_sample(directory: Path, name: str, n_side: int = 6, seed: int = 0,
                 drop_genes: tuple[str, ...] = ()) -> Sample:
     """One sample of ``n_side**2`` cells; ``drop_genes`` are absent from its table."""
     from pastflow.patches.store import build_patch_store
-    from pastflow.qc.filter import QCThresholds, run_qc
+    from pastflow.qc.filter import run_qc
+    from pastflow.qc.settings import QCSettings
 
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def make_sample(directory: Path, name: str, n_side: int = 6, seed: int = 0,
     adata = ad.AnnData(sp.csr_matrix(counts[:, keep]), obs=obs,
                        var=pd.DataFrame(index=pd.Index(np.array(GENES)[keep])))
     adata.uns["pastflow"] = {"sample": name}
-    qc = run_qc(adata, QCThresholds(min_counts=5, min_genes=3, min_cells=1, n_top_genes=16),
+    qc = run_qc(adata, QCSettings(min_counts=5, min_genes=3, min_cells=1, n_top_genes=16),
                 source=name)
     table = directory / f"{name}.h5ad"
     qc.write_h5ad(table)

@@ -1,4 +1,4 @@
-"""pastflow.models.model.PastModel and pastflow.models.config on random tensors."""
+"""pastflow.models.model.PastModel and pastflow.pretrain.settings on random tensors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from pastflow.errors import InputError
 from pastflow.models.compat import import_timm
-from pastflow.models.config import resolve_config
+from pastflow.pretrain.settings import resolve_pretrain_config
 from pastflow.models.model import PastModel
 
 N, GENES, PATHWAYS, PX = 6, 12, 3, 16
@@ -23,8 +23,8 @@ def tiny_config(**model) -> dict:
             "pathway": {"kwargs": {"hidden": [8]}},
             "reconstruction": {"hidden": 16}, "pathway_head": {"hidden": 8},
             "spatial": {"heads": 2}}
-    base.update(model)  # whole sections replaced; resolve_config fills in the defaults
-    config = resolve_config({"model": base})["model"]
+    base.update(model)  # whole sections replaced; resolve_pretrain_config fills in the defaults
+    config = resolve_pretrain_config({"model": base})["model"]
     config.update(genes=[f"G{i}" for i in range(GENES)], pathways=["P0", "P1", "P2"], image_px=PX)
     return config
 
@@ -144,10 +144,10 @@ def test_model_config_errors_name_the_problem():
         PastModel(tiny_config() | {"genes": []})
     with pytest.raises(InputError, match="no pathways"):
         PastModel(tiny_config() | {"pathways": []})
-    with pytest.raises(InputError, match=r"unknown config key 'model.embed_dimm'"):
-        resolve_config({"model": {"embed_dimm": 8}}, source="cfg.yaml")
-    with pytest.raises(InputError, match=r"cfg.yaml: config model.reconstruction.likelihood"):
-        resolve_config({"model": {"reconstruction": {"likelihood": "zinb"}}}, source="cfg.yaml")
+    with pytest.raises(InputError, match=r"unknown config key 'pretrain.model.embed_dimm'"):
+        resolve_pretrain_config({"model": {"embed_dimm": 8}}, source="cfg.yaml")
+    with pytest.raises(InputError, match=r"cfg.yaml: config key 'pretrain.model.reconstruction.likelihood': must be one of"):
+        resolve_pretrain_config({"model": {"reconstruction": {"likelihood": "zinb"}}}, source="cfg.yaml")
     with pytest.raises(InputError, match="every loss weight is 0"):
-        resolve_config({"model": {"losses": {k: 0 for k in ("clip", "reconstruction",
+        resolve_pretrain_config({"model": {"losses": {k: 0 for k in ("clip", "reconstruction",
                                                              "pathway_regression", "pathway_clip")}}})

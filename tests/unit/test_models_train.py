@@ -19,10 +19,11 @@ from safetensors.torch import load_file
 
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import latest_checkpoint, load_checkpoint
-from pastflow.models.cli import main as cli_main
-from pastflow.models.cli import read_config
+from pastflow.cli import main as cli_main
 from pastflow.models.model import PastModel
 from pastflow.models.train import EXIT_PREEMPTED, cosine_schedule, parameter_groups, pretrain
+from pastflow.pretrain.settings import PretrainSettings
+from pastflow.settings import load_section
 from test_models_fixtures import cohort  # noqa: F401 (fixture)
 
 STEPS = 36
@@ -46,7 +47,7 @@ def samples_of(cohort):
 
 
 def cli_args(cohort, config_path, out):
-    return ["pretrain", "--config", str(config_path), "--stores", *[str(s.store) for s in cohort],
+    return ["pretrain", "--settings", str(config_path), "--stores", *[str(s.store) for s in cohort],
             "--tables", *[str(s.table) for s in cohort], "--out", str(out), "--no-progress"]
 
 
@@ -55,19 +56,26 @@ def subprocess_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Runs in this process use one thread, like the subprocesses: float sums then add up in
-    the same order everywhere, which bit-for-bit comparisons between them need."""
+def pretrain_in_one_thread(*args, **kwargs):
+    """``pretrain`` in this process with one thread, like the subprocesses
+    (``OMP_NUM_THREADS=1``): float sums then add up in the same order everywhere, which
+    bit-for-bit comparisons between them need. Set at each call: building the test data
+    (other OpenMP users) can reset torch's thread count."""
+    from threadpoolctl import threadpool_limits
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=1):  # numpy's BLAS too
+            return pretrain(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(cohort, tmp_path_factory):
-    return pretrain(CONFIG, samples_of(cohort), tmp_path_factory.mktemp("uninterrupted"),
+    return pretrain_in_one_thread(CONFIG, samples_of(cohort),
+                                  tmp_path_factory.mktemp("uninterrupted"),
                     progress=False)
 
 
@@ -123,7 +131,7 @@ def test_sigterm_saves_and_the_resumed_run_ends_with_identical_weights(uninterru
     config_path = tmp_path / "pretrain.yaml"
     config_path.write_text(yaml.safe_dump({"pretrain": config}))
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "pastflow.models.cli",
+    process = subprocess.Popen([sys.executable, "-m", "pastflow",
                                 *cli_args(cohort, config_path, out)], env=subprocess_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
@@ -145,7 +153,7 @@ def test_sigterm_saves_and_the_resumed_run_ends_with_identical_weights(uninterru
     assert 5 < stopped_at < STEPS, log[-3000:]
     assert not (out / "model").exists()  # no final model from an interrupted run
 
-    resumed = pretrain(config, samples_of(cohort), out, progress=False)
+    resumed = pretrain_in_one_thread(config, samples_of(cohort), out, progress=False)
     assert resumed.step == STEPS and not resumed.preempted
     ours = load_file(out / "model" / "model.safetensors")
     theirs = load_file(uninterrupted.out_dir / "model" / "model.safetensors")
@@ -206,15 +214,17 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(cohort, tmp_path):
 def test_cli_reads_the_pretrain_section_and_reports_bad_input(cohort, tmp_path, capsys):
     path = tmp_path / "workflow.yaml"
     path.write_text(yaml.safe_dump({"samples": "x.tsv", "pretrain": {"train": {"steps": 3}}}))
-    assert read_config(path) == {"train": {"steps": 3}}
+    settings = load_section(PretrainSettings, "pretrain", path)
+    assert settings.train.steps == 3 and settings.train.lr == PretrainSettings().train.lr
     path.write_text(yaml.safe_dump({"pretrain": {"train": {"stepz": 3}}}))
-    with pytest.raises(InputError, match=r"workflow\.yaml: unknown config key 'train\.stepz'"):
-        read_config(path)
+    with pytest.raises(InputError,
+                       match=r"workflow\.yaml: unknown config key 'pretrain\.train\.stepz'"):
+        load_section(PretrainSettings, "pretrain", path)
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(CONFIG))
+    good.write_text(yaml.safe_dump({"pretrain": CONFIG}))
     args = cli_args(cohort, good, tmp_path / "out")
     tables_at = args.index("--tables")
     assert cli_main(args[:tables_at + 2] + args[tables_at + 3:]) == 2  # 2 stores, 1 table
     assert "give one QC table per patch store" in capsys.readouterr().err
     assert cli_main(cli_args(cohort, tmp_path / "absent.yaml", tmp_path / "out")) == 2
-    assert "absent.yaml: config file not found" in capsys.readouterr().err
+    assert "absent.yaml: settings file not found" in capsys.readouterr().err

@@ -319,7 +319,9 @@ def test_bad_input_raises_input_error_naming_the_file(dots, tmp_path):
     with pytest.raises(InputError, match="cells.csv: no cells"):
         build_patch_store(path, [], np.zeros((0, 2)), out, cells_path="cells.csv")
     with pytest.raises(InputError, match="none of the 2 cells lies inside the slide"):
-        build_patch_store(path, ["a", "b"], [[-100.0, 5.0], [5.0, 1e6]], out)
+        build_patch_store(path, ["a", "b"], [[-100.0, 5.0], [5.0, 1e6]], out, patch_px=32)
+    with pytest.raises(ValueError, match="give patch_px or patch_um"):  # no default size
+        build_patch_store(path, ids, xy, out)
     with pytest.raises(InputError, match="occur more than once"):
         build_patch_store(path, ["a", "a"], [[1.0, 1.0], [2.0, 2.0]], out)
     with pytest.raises(InputError, match="missing or infinite"):
@@ -413,21 +415,19 @@ def test_cli_builds_store_and_gallery(dots, tmp_path):
     table = tmp_path / "S1.zarr"
     write_ingested_table(table, path, xy, ids, MPP)
     out, gallery = tmp_path / "patches" / "S1.h5", tmp_path / "patches" / "S1_gallery.png"
+    settings = tmp_path / "config.yaml"  # a workflow config: only its patches section is read
+    settings.write_text("patches: {patch_um: 12, mpp: 0.5, context_um: 30}\nqc: {min_cells: 1}\n")
     run_cli(
         [
             "patches",
-            "--table",
+            "--ingested",
             str(table),
             "--out",
             str(out),
             "--gallery",
             str(gallery),
-            "--patch-um",
-            "12",
-            "--mpp",
-            "0.5",
-            "--context-um",
-            "30",
+            "--settings",
+            str(settings),
             "--no-progress",
         ]
     )
@@ -440,6 +440,6 @@ def test_cli_builds_store_and_gallery(dots, tmp_path):
     write_ingested_table(bad, path, xy, ids, MPP, drop="y_px")
     with pytest.raises(InputError, match="bad.zarr/tables/table: obs lacks column"):
         run_cli(
-            ["patches", "--table", str(bad), "--out", str(tmp_path / "bad.h5"), "--no-progress"]
+            ["patches", "--ingested", str(bad), "--out", str(tmp_path / "bad.h5"), "--no-progress"]
         )
     assert not (tmp_path / "bad.h5").exists()

@@ -1,8 +1,12 @@
 """pastflow.predict: per-gene Pearson r, the HEST ridge probe, the four-method evaluation
-(known answers on synthetic arrays), the head's predictions, the figures, and the predict and
-evaluate commands on a real (tiny) pretrained model."""
+(known answers on synthetic arrays), the head's predictions, the figures, and the predict,
+evaluate and evaluate-lopo commands (settings from a settings file) on a real (tiny)
+pretrained model; predict refuses embeddings of a store at another resolution."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import anndata as ad
 import numpy as np
@@ -15,7 +19,8 @@ from pastflow.errors import InputError
 from pastflow.predict.evaluate import (METHODS, MeasuredSample, evaluate_leave_one_patient_out,
                                        evaluate_sample, summarise)
 from pastflow.predict.metrics import most_variable_genes, pearson_per_gene
-from pastflow.predict.ridge import fit_hest_ridge
+from pastflow.predict.ridge import HEST_COMPONENTS, fit_hest_ridge
+from pastflow.predict.settings import EvaluateSettings, PredictSettings
 from test_embed import cohort, embedded, trained  # noqa: F401 (fixtures)
 
 # ----------------------------------------------------------------------------- Pearson r
@@ -74,7 +79,8 @@ def linear_data(n: int, genes: int = 6, dim: int = 32, seed: int = 0):
 
 def test_ridge_on_embeddings_that_encode_expression_linearly_gets_r_near_1():
     x, y = linear_data(400)
-    probe = fit_hest_ridge(x[:300], y[:300])
+    assert EvaluateSettings().pca_components == HEST_COMPONENTS  # the HEST protocol's width
+    probe = fit_hest_ridge(x[:300], y[:300], n_components=HEST_COMPONENTS, seed=0)
     assert probe.n_components == 32  # capped at the embedding width
     assert probe.alpha == pytest.approx(100 / (32 * 6))
     r = pearson_per_gene(y[300:], probe.predict(x[300:]))
@@ -87,19 +93,19 @@ def test_ridge_on_embeddings_unrelated_to_expression_gets_r_near_0():
     rng = np.random.default_rng(1)
     _, y = linear_data(600)
     x = rng.normal(size=(600, 64))
-    probe = fit_hest_ridge(x[:400], y[:400], n_components=256)
+    probe = fit_hest_ridge(x[:400], y[:400], n_components=256, seed=0)
     assert probe.n_components == 64
     assert abs(pearson_per_gene(y[400:], probe.predict(x[400:])).mean()) < 0.1
 
 
 def test_ridge_caps_components_at_cells_and_rejects_bad_input():
     x, y = linear_data(20, dim=64)
-    assert fit_hest_ridge(x, y).n_components == 19
+    assert fit_hest_ridge(x, y, n_components=256, seed=0).n_components == 19
     with pytest.raises(ValueError, match="same number of rows"):
-        fit_hest_ridge(x, y[:10])
+        fit_hest_ridge(x, y[:10], n_components=256, seed=0)
     x[0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite"):
-        fit_hest_ridge(x, y)
+        fit_hest_ridge(x, y, n_components=256, seed=0)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -127,8 +133,8 @@ def test_evaluate_sample_known_answers():
     right, flat = top5[:3], [g for g in test.genes if g not in top5[:3]]
     head = pd.DataFrame(test.columns(test.genes), index=test.cell_ids, columns=test.genes)
     head[flat] = 1.0
-    per_gene, predictions, genes = evaluate_sample(test, train, head, n_genes=5,
-                                                   markers=["g6", "nope"])
+    per_gene, predictions, genes = evaluate_sample(
+        test, train, head, EvaluateSettings(n_genes=5, markers=["g6", "nope"]))
     assert set(per_gene["method"]) == set(METHODS)
     assert genes[:5] == top5
     assert "g6" not in genes[:5] and genes[5:] == ["g6"]  # the marker, scored beyond the top 5
@@ -152,23 +158,24 @@ def test_evaluate_sample_uses_only_genes_every_sample_measures():
     test = measured_sample("t", "P3", 80, 3)
     train[0].genes = ["g0", "g1", "x2", "x3", "x4", "x5", "x6"]  # shares g0, g1 only
     head = pd.DataFrame(1.0, index=test.cell_ids, columns=test.genes)
-    per_gene, _, genes = evaluate_sample(test, train, head, n_genes=50)
+    per_gene, _, genes = evaluate_sample(test, train, head, EvaluateSettings(n_genes=50))
     assert sorted(genes) == ["g0", "g1"]
     with pytest.raises(ValueError, match="no head prediction"):
-        evaluate_sample(test, train, head.iloc[1:], n_genes=50)
+        evaluate_sample(test, train, head.iloc[1:], EvaluateSettings(n_genes=50))
 
 
 def test_leave_one_patient_out():
     samples = [measured_sample("a", "P1", 150, 1), measured_sample("b", "P2", 150, 2),
                measured_sample("c", "P2", 150, 4), measured_sample("d", "P3", 150, 5)]
-    lopo = evaluate_leave_one_patient_out(samples, [f"g{i}" for i in range(7)], n_genes=4)
+    lopo = evaluate_leave_one_patient_out(samples, [f"g{i}" for i in range(7)],
+                                          EvaluateSettings(n_genes=4))
     assert lopo["patient"].unique().tolist() == ["P1", "P2", "P3"]
     p2 = lopo[lopo["patient"] == "P2"].set_index("method")
     assert p2.loc["pastflow_ridge", "n_cells"] == 300  # both of P2's samples held out together
     assert p2.loc["pastflow_ridge", "n_train_cells"] == 300
     assert (lopo.loc[lopo["method"] == "pastflow_ridge", "mean_pearson_50"] > 0.99).all()
     assert (lopo.loc[lopo["method"] == "mean_baseline", "mean_pearson_50"] == 0).all()
-    one = evaluate_leave_one_patient_out(samples[1:3], ["g0"], n_genes=4)
+    one = evaluate_leave_one_patient_out(samples[1:3], ["g0"], EvaluateSettings(n_genes=4))
     assert one.empty and "mean_pearson_50" in one.columns
 
 
@@ -176,10 +183,10 @@ def test_leave_one_patient_out():
 
 
 def small_model(likelihood: str, seed: int = 0):
-    from pastflow.models.config import resolve_config
+    from pastflow.pretrain.settings import resolve_pretrain_config
     from pastflow.models.model import PastModel
 
-    config = resolve_config({"model": {
+    config = resolve_pretrain_config({"model": {
         "embed_dim": 8, "image": {"name": "timm", "kwargs": {"arch": "resnet10t"}},
         "reconstruction": {"likelihood": likelihood, "hidden": 4},
         "losses": {"pathway_regression": 0, "pathway_clip": 0}}})["model"]
@@ -219,8 +226,8 @@ def test_figures_are_drawn(tmp_path):
     train = [measured_sample("a", "P1", 200, 1)]
     test = measured_sample("t", "P3", 120, 3)
     head = pd.DataFrame(test.columns(test.genes), index=test.cell_ids, columns=test.genes)
-    per_gene, predictions, genes = evaluate_sample(test, train, head, n_genes=4,
-                                                   markers=["g6"])
+    per_gene, predictions, genes = evaluate_sample(test, train, head,
+                                                   EvaluateSettings(n_genes=4, markers=["g6"]))
     plot_per_gene(per_gene, "t", tmp_path / "bars.png")
     thumbnail = np.full((50, 50, 3), 230, np.uint8)
     plot_marker_maps(thumbnail, 2.0, test.xy, {"measured": test.columns(["g0", "g6"]),
@@ -231,6 +238,17 @@ def test_figures_are_drawn(tmp_path):
 
 
 # ----------------------------------------------------------------------------- on files
+
+
+def evaluate_args(embedded, cohort, tmp_path, test_table=None, predictions=None):
+    """``pastflow evaluate`` on s2 (test) against s1 (training)."""
+    s1, s2 = cohort
+    return ["evaluate", "--test-embeddings", str(embedded["s2"]), "--test-tables",
+            str(test_table or s2.table), "--predictions", str(predictions or tmp_path / "p.h5ad"),
+            "--train-embeddings", str(embedded["s1"]), "--train-tables", str(s1.table),
+            "--metrics", str(tmp_path / "metrics.tsv"), "--per-gene",
+            str(tmp_path / "per_gene.tsv"), "--figures", str(tmp_path / "figures"),
+            "--no-progress"]
 
 
 def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, cohort,
@@ -248,23 +266,97 @@ def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, 
         pd.read_json(trained / "model" / "config.json", typ="series")["config"]["model"]["genes"])
     assert np.isfinite(prediction.X).all()
     assert prediction.uns["pastflow_predict"]["likelihood"] == "mse"
-    s1, s2 = cohort
-    args = ["evaluate", "--test-embeddings", str(embedded["s2"]), "--test-tables", str(s2.table),
-            "--predictions", str(out["s2"]), "--train-embeddings", str(embedded["s1"]),
-            "--train-tables", str(s1.table), "--metrics", str(tmp_path / "metrics.tsv"),
-            "--per-gene", str(tmp_path / "per_gene.tsv"), "--lopo", str(tmp_path / "lopo.tsv"),
-            "--figures", str(tmp_path / "figures"), "--markers", "CD3D", "MKI67",
-            "--n-genes", "8", "--no-progress"]
-    assert main(args) == 0
+    # A workflow config works as a settings file too: only its `evaluate` section is read.
+    settings = tmp_path / "config.yaml"
+    settings.write_text("qc:\n  min_counts: 3\nevaluate:\n  n_genes: 8\n"
+                        "  markers: [CD3D, MKI67]\n  figure_samples: 1\n")
+    assert main(evaluate_args(embedded, cohort, tmp_path, predictions=out["s2"])
+                + ["--settings", str(settings)]) == 0
     metrics = pd.read_csv(tmp_path / "metrics.tsv", sep="\t")
+    assert metrics.columns.tolist() == ["sample", "method", "mean_pearson_50", "n_genes",
+                                        "mean_pearson_markers", "n_cells", "n_train_cells"]
     assert metrics[["sample", "method"]].values.tolist() == [["s2", m] for m in METHODS]
     assert np.isfinite(metrics["mean_pearson_50"]).all() and (metrics["n_genes"] == 8).all()
     assert metrics.set_index("method").loc["mean_baseline", "mean_pearson_50"] == 0
     per_gene = pd.read_csv(tmp_path / "per_gene.tsv", sep="\t")
+    assert per_gene.columns.tolist() == ["sample", "method", "gene", "pearson_r",
+                                         "variance_rank", "top", "marker"]
     assert set(per_gene.loc[per_gene["marker"], "gene"]) == {"CD3D", "MKI67"}
-    assert pd.read_csv(tmp_path / "lopo.tsv", sep="\t").empty  # one training patient
+    assert not (tmp_path / "lopo.tsv").exists()  # evaluate-lopo's now
     assert (tmp_path / "figures" / "s2" / "per_gene.png").stat().st_size > 10_000
     assert (tmp_path / "figures" / "s2" / "maps.png").stat().st_size > 10_000
+    # figure_samples: 0 scores every test sample and draws none.
+    settings.write_text("evaluate:\n  n_genes: 8\n  markers: [CD3D, MKI67]\n"
+                        "  figure_samples: 0\n")
+    shutil.rmtree(tmp_path / "figures")
+    assert main(evaluate_args(embedded, cohort, tmp_path, predictions=out["s2"])
+                + ["--settings", str(settings)]) == 0
+    assert (tmp_path / "figures").is_dir() and not any((tmp_path / "figures").iterdir())
+    assert pd.read_csv(tmp_path / "metrics.tsv", sep="\t")["mean_pearson_50"].tolist() == \
+        pytest.approx(metrics["mean_pearson_50"].tolist())
+    # The settings of the old flags are settings now.
+    with pytest.raises(SystemExit):
+        main(evaluate_args(embedded, cohort, tmp_path, predictions=out["s2"])
+             + ["--n-genes", "8"])
+
+
+def test_evaluate_lopo_command_holds_out_each_training_patient(embedded, trained, cohort,
+                                                               tmp_path, capsys):
+    from pastflow.cli import main
+
+    s1, s2 = cohort  # two patients (the QC tables name none: each sample is its own)
+    settings = tmp_path / "evaluate.json"
+    settings.write_text(json.dumps({"evaluate": {"n_genes": 6, "seed": 1}}))
+    lopo_path = tmp_path / "lopo.tsv"
+    args = ["evaluate-lopo", "--model", str(trained / "model"), "--train-embeddings",
+            str(embedded["s1"]), str(embedded["s2"]), "--train-tables", str(s1.table),
+            str(s2.table), "--out", str(lopo_path), "--settings", str(settings)]
+    assert main(args) == 0
+    lopo = pd.read_csv(lopo_path, sep="\t")
+    assert lopo.columns.tolist() == ["patient", "method", "mean_pearson_50", "n_genes",
+                                     "n_cells", "n_train_cells"]
+    assert lopo[["patient", "method"]].values.tolist() == [
+        [p, m] for p in ("s1", "s2") for m in ("pastflow_ridge", "random_encoder",
+                                               "mean_baseline")]
+    assert (lopo["n_genes"] == 6).all() and (lopo["n_cells"] == 36).all()
+    assert (lopo["n_train_cells"] == 36).all()
+    assert np.isfinite(lopo["mean_pearson_50"]).all()
+    assert (lopo.loc[lopo["method"] == "mean_baseline", "mean_pearson_50"] == 0).all()
+    # One training patient: an empty table with the columns.
+    assert main(args[:3] + ["--train-embeddings", str(embedded["s1"]), "--train-tables",
+                            str(s1.table), "--out", str(lopo_path)]) == 0
+    one = pd.read_csv(lopo_path, sep="\t")
+    assert one.empty and one.columns.tolist() == lopo.columns.tolist()
+    assert main(args[:3] + ["--train-embeddings", str(embedded["s1"]), "--train-tables",
+                            str(s1.table), str(s2.table), "--out", str(lopo_path)]) == 2
+    assert "--train-tables" in capsys.readouterr().err
+
+
+def test_predict_refuses_embeddings_of_a_store_at_another_resolution(trained, cohort, tmp_path,
+                                                                     capsys):
+    from pastflow.cli import main
+    from pastflow.embed.sample import embed_sample
+    from pastflow.embed.settings import EmbedSettings
+    from pastflow.predict.sample import predict_sample
+    from test_embed import store_at, without_resolution
+    from test_models_fixtures import MPP
+
+    # Embedded at 1 um/px with a checkpoint older than the contract (accepted, warned) ...
+    old = without_resolution(trained / "model", tmp_path / "old")
+    coarse = store_at(cohort[0], 2 * MPP, tmp_path / "coarse.h5")
+    embedding = tmp_path / "coarse.h5ad"
+    embed_sample(old, coarse, embedding, EmbedSettings(), progress=False)
+    # ... then predicted with the model trained at 0.5 um/px: refused, naming both.
+    out = tmp_path / "predicted.h5ad"
+    with pytest.raises(InputError) as err:
+        predict_sample(trained / "model", embedding, out, PredictSettings())
+    assert err.value.path == str(embedding) and str(trained / "model") in str(err.value)
+    assert "1.0000 um/px" in str(err.value) and "0.5000 um/px" in str(err.value)
+    assert main(["predict", "--model", str(trained / "model"), "--embedding", str(embedding),
+                 "--out", str(out)]) == 2
+    assert "0.5000 um/px" in capsys.readouterr().err and not out.exists()
+    # The old checkpoint predicts from it (no resolution to check), with a warning.
+    assert predict_sample(old, embedding, out, PredictSettings()).n_obs == 36
 
 
 def test_evaluate_names_the_file_when_tables_do_not_match(embedded, cohort, tmp_path, capsys):
@@ -272,12 +364,8 @@ def test_evaluate_names_the_file_when_tables_do_not_match(embedded, cohort, tmp_
 
     s1, s2 = cohort
     # The test sample's embeddings given with the other sample's QC table: no shared cell.
-    args = ["evaluate", "--test-embeddings", str(embedded["s2"]), "--test-tables", str(s1.table),
-            "--predictions", str(tmp_path / "none.h5ad"), "--train-embeddings",
-            str(embedded["s1"]), "--train-tables", str(s1.table), "--metrics",
-            str(tmp_path / "m.tsv"), "--per-gene", str(tmp_path / "g.tsv"), "--lopo",
-            str(tmp_path / "l.tsv"), "--figures", str(tmp_path / "f"), "--no-progress"]
-    assert main(args) == 2
+    assert main(evaluate_args(embedded, cohort, tmp_path, test_table=s1.table,
+                              predictions=tmp_path / "none.h5ad")) == 2
     err = capsys.readouterr().err
     assert str(s1.table) in err and "no cell of the QC table has an embedding" in err
-    assert not (tmp_path / "m.tsv").exists()
+    assert not (tmp_path / "metrics.tsv").exists()

@@ -8,7 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from pastflow.errors import InputError
-from pastflow.qc import QCThresholds, run_qc
+from pastflow.qc.filter import run_qc
+from pastflow.qc.settings import QCSettings
 
 
 def make_table(n_cells=300, n_genes=60, seed=0):
@@ -28,7 +29,7 @@ def make_table(n_cells=300, n_genes=60, seed=0):
 
 def test_filters_normalises_and_keeps_raw_counts():
     raw = make_table()
-    out = run_qc(raw, QCThresholds(min_counts=10, min_genes=5, min_cells=3, n_top_genes=10))
+    out = run_qc(raw, QCSettings(min_counts=10, min_genes=5, min_cells=3, n_top_genes=10))
     assert out.n_obs == 295  # the 5 empty cells are gone
     assert np.allclose(out.layers["counts"].toarray(), raw[5:].X.toarray())
     # log1p of median-normalised counts: every cell sums to the same before the log
@@ -41,7 +42,7 @@ def test_filters_normalises_and_keeps_raw_counts():
 
 def test_no_cell_passing_is_a_clear_error():
     with pytest.raises(InputError, match="no cell passes QC"):
-        run_qc(make_table(), QCThresholds(min_counts=10**6), source="s.zarr")
+        run_qc(make_table(), QCSettings(min_counts=10**6), source="s.zarr")
 
 
 def test_nan_counts_are_refused():

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from pastflow.errors import InputError
-from pastflow.sheet import load_sample_sheet, validate_config
+from pastflow.config import resolve_workflow_config
+from pastflow.sheet import load_sample_sheet
 
 HEADER = "sample\tpatient\ttechnology\tdata\timage\talignment\tsplit\n"
 
@@ -21,7 +22,7 @@ def write_sheet(tmp_path, *rows):
 
 def test_default_sheet_and_config_are_valid(repo_root):
     config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
-    validate_config(config)
+    resolve_workflow_config(config)
     sheet = load_sample_sheet(repo_root / config["samples"], check_paths=False)
     assert len(sheet) >= 4
     assert set(sheet["split"]) >= {"train", "test"}
@@ -82,13 +83,13 @@ def test_empty_or_malformed_sheets(tmp_path, content, expected):
 def test_config_errors_name_the_key(repo_root):
     config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     bad = copy.deepcopy(config)
-    bad["patches"]["mpp"] = -1
-    with pytest.raises(InputError, match="key 'patches.mpp'"):
-        validate_config(bad, source="config.yaml")
+    bad["patches"] = {"mpp": -1}
+    with pytest.raises(InputError, match=r"config.yaml: config key 'patches.mpp': must be > 0"):
+        resolve_workflow_config(bad, source="config.yaml")
     bad = copy.deepcopy(config)
     bad["typo_key"] = 1
-    with pytest.raises(InputError, match="typo_key"):
-        validate_config(bad)
+    with pytest.raises(InputError, match="unknown config key 'typo_key'"):
+        resolve_workflow_config(bad)
 
 
 def test_converted_xenium_zarr_needs_no_image(tmp_path):

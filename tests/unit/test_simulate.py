@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from pastflow.errors import InputError
-from pastflow.simulate import patient_parameters, simulate_clinical, simulate_sample, write_benchmark_slide
+from pastflow.simulate.clinical import patient_parameters, simulate_clinical
+from pastflow.simulate.cohort import simulate_sample, write_benchmark_slide
 from pastflow.simulate.biology import (
     CELL_TYPES,
     build_expression_model,

@@ -1,6 +1,6 @@
 """The stain stage: panel, calibration, binning / H-scores, deconvolution and the DAB pixel
-H-score (on real IHC images), the virtual stain round trip, pyramids, agreement, and the CLI end
-to end on a small synthetic slide."""
+H-score (on real IHC images), the virtual stain round trip, pyramids, agreement, and the CLIs
+(stain-calibrate, stain, stain-images, stain-agreement) end to end on a small synthetic slide."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from pastflow.cli import main
@@ -20,17 +21,28 @@ from pastflow.stain.agreement import (AGREEMENT_COLUMNS, pair_hscores, summarise
 from pastflow.stain.calibrate import calibrate_cutoffs, calibrate_marker, read_cutoffs
 from pastflow.stain.deconvolve import (DAB_THRESHOLDS, combine_stains, dab_hscore,
                                        hematoxylin_only, separate_stains)
-from pastflow.stain.panel import DEFAULT_PANEL, Marker, marker_scores, read_panel
+from pastflow.settings import project_path
+from pastflow.stain.panel import Marker, marker_scores, read_panel
 from pastflow.stain.pyramid import read_thumbnail_level, write_stain_pyramid
 from pastflow.stain.render import LEVEL_OD, VirtualStainTiles
 from pastflow.stain.score import HSCORE_COLUMNS, bin_levels, grid_regions, hscore_table
+from pastflow.stain.settings import StainSettings
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 IMAGES = SHARED / "images"
 
 
+DEFAULT_PANEL = project_path(StainSettings().panel)  # the settings' default: the shipped panel
+
+
 def write_panel(path: Path, text: str) -> Path:
     path.write_text(text)
+    return path
+
+
+def write_settings(path: Path, **stain) -> Path:
+    """A settings file with section ``stain`` (keys not given keep their defaults)."""
+    path.write_text(yaml.safe_dump({"stain": stain}))
     return path
 
 
@@ -362,24 +374,50 @@ def small_sample(tmp_path_factory):
     return root
 
 
+def calibrate(root: Path, tmp_path: Path) -> Path:
+    cutoffs = tmp_path / "cutoffs.tsv"
+    assert main(["stain-calibrate", "--tables", str(root / "qc.h5ad"), "--panel",
+                 str(root / "panel.yaml"), "--out", str(cutoffs), "--no-progress"]) == 0
+    return cutoffs
+
+
+def stain_args(root: Path, cutoffs: Path, settings: Path, out: Path, *extra: str) -> list[str]:
+    return ["stain", "--prediction", str(root / "predict.h5ad"), "--store",
+            str(root / "store.h5"), "--cutoffs", str(cutoffs), "--table", str(root / "qc.h5ad"),
+            "--panel", str(root / "panel.yaml"), "--settings", str(settings), *extra,
+            "--out-dir", str(out)]
+
+
+def images_args(root: Path, settings: Path, out: Path, *extra: str) -> list[str]:
+    return ["stain-images", "--cells", str(out / "cells.tsv.gz"), "--hscores",
+            str(out / "hscores.tsv"), "--store", str(root / "store.h5"), "--table",
+            str(root / "qc.h5ad"), "--panel", str(root / "panel.yaml"), "--settings",
+            str(settings), *extra, "--out-dir", str(out), "--no-progress"]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    import openslide
+
+    slide = openslide.OpenSlide(path)
+    return np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+
+
 def test_cli_calibrates_stains_and_scores_a_sample(small_sample, tmp_path):
     import openslide
 
     root = small_sample
-    cutoffs = tmp_path / "cutoffs.tsv"
-    assert main(["stain-calibrate", "--tables", str(root / "qc.h5ad"), "--panel",
-                 str(root / "panel.yaml"), "--out", str(cutoffs), "--no-progress"]) == 0
+    cutoffs = calibrate(root, tmp_path)
     cuts = read_cutoffs(cutoffs).set_index("marker")
     assert list(cuts.index) == ["Ki67", "CD3"]  # CD20: no gene in the table
     assert cuts.loc["Ki67", "source"] == "panel"
     assert 0 < cuts.loc["CD3", "cut_1"] < 2.0
 
     out = tmp_path / "sample"
-    args = ["stain", "--prediction", str(root / "predict.h5ad"), "--store", str(root / "store.h5"),
-            "--cutoffs", str(cutoffs), "--table", str(root / "qc.h5ad"), "--panel",
-            str(root / "panel.yaml"), "--images", "Ki67", "CD20", "--grid-um", "60",
-            "--min-region-cells", "5", "--sample", "s1", "--out-dir", str(out), "--no-progress"]
-    assert main(args) == 0
+    settings = write_settings(tmp_path / "settings.yaml", images=["Ki67", "CD20"], grid_um=60,
+                              min_region_cells=5)
+    assert main(stain_args(root, cutoffs, settings, out, "--sample", "s1")) == 0
+    # stain scores only: the images are stain-images' job.
+    assert sorted(p.name for p in out.iterdir()) == ["cells.tsv.gz", "hscores.tsv"]
     h = pd.read_csv(out / "hscores.tsv", sep="\t").set_index(
         ["marker", "region", "source", "cells"])
     # Ki67 rows cycle 0, 1+, 2+, 3+: over all 12 rows 25 % each -> H-score 150; over the 10
@@ -397,14 +435,17 @@ def test_cli_calibrates_stains_and_scores_a_sample(small_sample, tmp_path):
     assert (regions.loc[~left, "pct_positive"] == 0).all()
     cells = pd.read_csv(out / "cells.tsv.gz", sep="\t")
     assert len(cells) == 144 and {"Ki67_predicted_level", "CD3_measured_level"} <= set(cells)
+
+    # The images, from what stain wrote; the sample's name comes from hscores.tsv.
+    assert main(images_args(root, settings, out)) == 0
     for marker in ("Ki67", "CD20"):  # CD20 has no genes: rendered as counterstain only
         slide = openslide.OpenSlide(out / f"virtual_{marker}.tif")
         assert slide.level_count > 1 and slide.dimensions == (480, 480)
-    ki67 = np.asarray(openslide.OpenSlide(out / "virtual_Ki67.tif").read_region(
-        (0, 0), 0, (480, 480)).convert("RGB"))
-    assert dab_hscore(ki67).pct_3 > dab_hscore(np.asarray(openslide.OpenSlide(
-        out / "virtual_CD20.tif").read_region((0, 0), 0, (480, 480)).convert("RGB"))).pct_3 + 1
+        assert slide.properties["tiff.ImageDescription"].endswith(f"{marker} of s1")
+    ki67 = read_rgb(out / "virtual_Ki67.tif")
+    assert dab_hscore(ki67).pct_3 > dab_hscore(read_rgb(out / "virtual_CD20.tif")).pct_3 + 1
     assert (out / "thumbnails.jpg").stat().st_size > 10_000
+    assert not (out / "virtual_CD3.tif").exists()  # not in stain.images
 
     # Predicted and measured levels agree cell for cell here: r = 1 over regions.
     report = [tmp_path / n for n in ("agreement.tsv", "details.tsv", "ba.png", "scatter.png")]
@@ -415,7 +456,85 @@ def test_cli_calibrates_stains_and_scores_a_sample(small_sample, tmp_path):
     assert agreement.loc[("Ki67", "region"), "pearson_r"] == pytest.approx(1.0)
     assert agreement.loc[("Ki67", "region"), "n"] == 12  # 16 regions, 4 lost most cells to QC
 
-    # A marker outside the panel is the user's error, reported without output.
+    # A marker outside the panel is the user's error, reported without output, by both.
+    bad_settings = write_settings(tmp_path / "bad.yaml", images=["PD-L1"])
     bad = tmp_path / "bad"
-    assert main(args[:-5] + ["--images", "PD-L1", "--out-dir", str(bad), "--no-progress"]) == 2
+    assert main(stain_args(root, cutoffs, bad_settings, bad)) == 2
     assert not bad.exists()
+    assert main(images_args(root, bad_settings, out)) == 2
+    assert not (out / "virtual_PD-L1.tif").exists()
+
+
+def test_stain_images_draws_the_levels_stain_wrote(small_sample, tmp_path):
+    """stain-images scores nothing: it draws the levels of cells.tsv.gz, so changing them
+    there changes the picture, and the prediction table is not read at all."""
+    root = small_sample
+    cutoffs = calibrate(root, tmp_path)
+    out = tmp_path / "s"
+    settings = write_settings(tmp_path / "settings.yaml", images=["CD3"])
+    assert main(stain_args(root, cutoffs, settings, out)) == 0
+    assert main(images_args(root, settings, out)) == 0
+    left = read_rgb(out / "virtual_CD3.tif")
+    cells = pd.read_csv(out / "cells.tsv.gz", sep="\t", dtype={"cell_id": str})
+    assert set(cells.loc[cells["x_um"] < 120, "CD3_predicted_level"]) == {1}  # left: CD3+
+    assert set(cells.loc[cells["x_um"] > 120, "CD3_predicted_level"]) == {0}
+    # Mirror the staining in the table: 3+ on the right, nothing on the left.
+    cells["CD3_predicted_level"] = np.where(cells["x_um"] > 120, 3, 0)
+    cells.to_csv(out / "cells.tsv.gz", sep="\t", index=False)
+    assert main(images_args(root, settings, out)) == 0
+    right = read_rgb(out / "virtual_CD3.tif")
+    half = 240  # px: 120 um at 0.5 um/px
+    before = [dab_hscore(left[:, :half]), dab_hscore(left[:, half:])]
+    after = [dab_hscore(right[:, :half]), dab_hscore(right[:, half:])]
+    # Before: CD3 1+ on the left, counterstain only on the right (the pink background's
+    # faint DAB read-out); after: the reverse, at 3+.
+    assert before[0].pct_positive > before[1].pct_positive + 20
+    assert after[0].pct_positive == pytest.approx(before[1].pct_positive, abs=1)
+    assert after[1].pct_3 > 10 and before[0].pct_3 == 0
+    assert after[1].hscore > before[0].hscore + 50  # 3+ draws darker than 1+
+
+
+def test_stain_settings_steer_grid_unit_and_default_panel(small_sample, tmp_path):
+    root = small_sample
+    cutoffs = calibrate(root, tmp_path)
+    # The panel path from the settings when --panel is absent.
+    settings = write_settings(tmp_path / "settings.yaml", panel=str(root / "panel.yaml"),
+                              images=["CD3"], grid_um=120, min_region_cells=1)
+    out = tmp_path / "s"
+    args = ["stain", "--prediction", str(root / "predict.h5ad"), "--store",
+            str(root / "store.h5"), "--cutoffs", str(cutoffs), "--settings", str(settings),
+            "--out-dir", str(out)]
+    assert main(args) == 0
+    h = pd.read_csv(out / "hscores.tsv", sep="\t")
+    assert set(h["marker"]) == {"Ki67", "CD3"}  # the test panel's markers, not the default's
+    assert set(h["region"]) == {"slide", "r1c1", "r1c2", "r2c1", "r2c2"}  # 240 um / 120 um
+    assert set(h["sample"]) == {"predict"}  # no --sample: the prediction's stem
+
+    # stain.unit_um wins over the QC table's 10 um: bigger blobs, more DAB-positive pixels.
+    def images(settings: Path) -> list[str]:  # no --panel: the settings' panel
+        return ["stain-images", "--cells", str(out / "cells.tsv.gz"), "--hscores",
+                str(out / "hscores.tsv"), "--store", str(root / "store.h5"), "--table",
+                str(root / "qc.h5ad"), "--settings", str(settings), "--out-dir", str(out),
+                "--no-progress"]
+
+    assert main(images(settings)) == 0
+    cell_sized = dab_hscore(read_rgb(out / "virtual_CD3.tif")).pct_positive
+    wide = write_settings(tmp_path / "wide.yaml", panel=str(root / "panel.yaml"),
+                          images=["CD3"], unit_um=16.0)
+    assert main(images(wide)) == 0
+    assert dab_hscore(read_rgb(out / "virtual_CD3.tif")).pct_positive > cell_sized + 10
+
+
+@pytest.mark.parametrize("stain, problem", [
+    ({"grid_um": 0}, "stain.grid_um"),
+    ({"min_region_cells": 0}, "stain.min_region_cells"),
+    ({"imgaes": ["Ki67"]}, "stain.imgaes"),
+    ({"images": "Ki67"}, "stain.images"),
+])
+def test_bad_stain_settings_stop_the_cli_naming_the_key(small_sample, tmp_path, capsys, stain,
+                                                        problem):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"stain": stain}))
+    out = tmp_path / "s"
+    assert main(stain_args(small_sample, tmp_path / "cutoffs.tsv", settings, out)) == 2
+    assert problem in capsys.readouterr().err and not out.exists()

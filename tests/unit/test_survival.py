@@ -1,6 +1,6 @@
 """Survival stage: c-index, folds by patient, Cox with inner-CV penalizer, MIL, features,
-plots, the whole job on a synthetic cohort, and the real-outcome check on the sksurv
-breast cancer data."""
+plots, the three jobs (features, models, figures) on a synthetic cohort, and the
+real-outcome check on the sksurv breast cancer data."""
 
 from __future__ import annotations
 
@@ -9,21 +9,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from lifelines import CoxPHFitter
 from lifelines.utils import concordance_index
 
+from pastflow.cli import main
 from pastflow.errors import InputError
 from pastflow.models.pathways import GeneSet
-from pastflow.survival.cohort import OUTPUT_FILES, SurvivalSettings, load_cohort, run_survival
+from pastflow.survival.cohort import (FEATURE_FILES, FIGURE_FILES, MODEL_FILES, load_cohort,
+                                      read_cohort, read_true_hazard, run_survival, write_cohort)
 from pastflow.survival.cox import FoldTransform, fit_cox, inner_cindex, ridge_cox_coefficients
 from pastflow.survival.cv import (cross_validated_risk, harrell_cindex, patient_folds,
                                   summarize_cindex)
 from pastflow.survival.features import (clinical_features, hscore_features, modality_columns,
-                                        parse_sample_patients, pathway_features,
-                                        read_cell_embeddings)
-from pastflow.survival.metrics import time_dependent_auc
-from pastflow.survival.mil import MILConfig, cox_loss, fit_mil
+                                        pathway_features, read_cell_embeddings,
+                                        sample_patients)
+from pastflow.survival.metrics import time_dependent_auc, unavailable_reason
+from pastflow.survival.mil import MILConfig, cox_loss, fit_mil, mil_config
 from pastflow.survival.plots import plot_km
+from pastflow.survival.settings import SurvivalSettings
 
 FAST_GRID = (0.1, 1.0)
 
@@ -50,9 +54,9 @@ def cv_cindex(features, time, event, *, repeats=2, seed=0, grid=FAST_GRID):
     folds = patient_folds(list(features.index), event, n_splits=4, n_repeats=repeats, seed=seed)
     risks = cross_validated_risk(
         lambda tr, te: fit_cox(features.iloc[tr], time[tr], event[tr], penalizers=grid,
-                               inner_splits=2).predict_risk(features.iloc[te]),
+                               inner_splits=2, seed=seed).predict_risk(features.iloc[te]),
         folds, len(features))
-    return summarize_cindex(time, event, risks, n_boot=300)
+    return summarize_cindex(time, event, risks, n_boot=300, seed=seed)
 
 
 # --- c-index and folds --------------------------------------------------------------------
@@ -82,7 +86,7 @@ def test_folds_stratify_and_cover_every_patient_once_per_repeat():
     for f in folds:
         assert not set(f.train) & set(f.test)
     with pytest.raises(ValueError, match="unique"):
-        patient_folds(patients[:-1] + ["P0"], event)
+        patient_folds(patients[:-1] + ["P0"], event, n_splits=5, n_repeats=1, seed=0)
 
 
 def test_slides_of_one_patient_never_split(tmp_path):
@@ -98,7 +102,7 @@ def test_slides_of_one_patient_never_split(tmp_path):
     cells = read_cell_embeddings(paths, mapping)
     assert len(cells) == 12 and cells["P2"].shape == (20 + 21 + 22, 4)
     patients = list(cells)
-    folds = patient_folds(patients, np.array([1, 0] * 6), n_splits=3, n_repeats=2)
+    folds = patient_folds(patients, np.array([1, 0] * 6), n_splits=3, n_repeats=2, seed=0)
     for f in folds:
         train = {patients[i] for i in f.train}
         test = {patients[i] for i in f.test}
@@ -112,7 +116,7 @@ def test_bootstrap_interval_brackets_estimate_and_narrows_with_patients():
     for n in (40, 400):
         features, time, event = signal_features(n, seed=3)
         risk = features["x0"].to_numpy() - 0.8 * features["x1"].to_numpy()
-        s = summarize_cindex(time, event, risk, n_boot=500)
+        s = summarize_cindex(time, event, risk, n_boot=500, seed=0)
         assert s.ci_low < s.cindex < s.ci_high
         widths.append(s.ci_high - s.ci_low)
     assert widths[1] < 0.5 * widths[0]
@@ -158,13 +162,13 @@ def test_penalizer_is_the_grid_value_with_best_inner_cindex():
     assert model.penalizer == max(p for p, s in expected.items() if s == best)
     # A strong signal with few features wants little penalty.
     signal, t2, e2 = signal_features(80, seed=1, strength=2.0)
-    assert fit_cox(signal, t2, e2, penalizers=grid, inner_splits=3).penalizer < 10.0
+    assert fit_cox(signal, t2, e2, penalizers=grid, inner_splits=3, seed=0).penalizer < 10.0
 
 
 def test_fold_transform_fits_on_training_rows_only():
     train = pd.DataFrame({"a": [1.0, 2.0, np.nan, 3.0], "image_emb_0": [0.0, 1, 2, 3],
                           "image_emb_1": [0.0, 2, 4, 6.1], "const": [1.0] * 4})
-    transform = FoldTransform({"image_emb_": 1}).fit(train)
+    transform = FoldTransform({"image_emb_": 1}, seed=0).fit(train)
     out = transform.transform(train)
     assert list(out.columns) == ["a", "image_emb_pc1"]  # constant dropped, 2 dims -> 1 PC
     assert out.mean().abs().max() < 1e-9
@@ -272,10 +276,24 @@ def test_hscore_clinical_and_mapping_parsers(tmp_path):
     assert list(out.columns) == ["clinical_age", "clinical_grade_G2", "clinical_grade_G3"]
     assert out["clinical_age"].isna().sum() == 4
 
-    assert parse_sample_patients(["a=P1", "b=P1"]) == {"a": "P1", "b": "P1"}
-    with pytest.raises(ValueError):
-        parse_sample_patients(["a:P1"])
     assert modality_columns(out)["combined"] == list(out.columns)
+
+
+def write_sheet(path, mapping):
+    """A sample sheet of H&E-only slides (paths are not read): sample -> patient."""
+    rows = ["sample\tpatient\ttechnology\tdata\timage\talignment\tsplit"]
+    rows += [f"{s}\t{p}\the_only\t\tslides/{s}.tif\t\ttest" for s, p in mapping.items()]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_patients_come_from_the_sample_sheet(tmp_path):
+    sheet = write_sheet(tmp_path / "samples.tsv", {"a": "P1", "b": "P1", "c": "P2"})
+    assert sample_patients(sheet) == {"a": "P1", "b": "P1", "c": "P2"}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(sheet.read_text().replace("\tP2\t", "\tP 2\t"))
+    with pytest.raises(InputError, match=r"bad.tsv.*line 4.*'patient'"):
+        sample_patients(bad)
 
 
 # --- plots and metrics -------------------------------------------------------------------
@@ -297,12 +315,24 @@ def test_km_logrank_separates_groups_and_td_auc_is_high_on_true_risk():
     assert reason is None
     auc = table.groupby("model")["auc"].mean()
     assert auc["true"] > 0.7 and abs(auc["null"] - 0.5) < 0.12
-    assert time_dependent_auc(time[:6], np.r_[1, 0, 0, 0, 0, 0], {"x": risk[:6]})[0].empty
+    few = time_dependent_auc(time[:6], np.r_[1, 0, 0, 0, 0, 0], {"x": risk[:6]})
+    assert few[0].empty
+    # the figures job finds the reason again from the outcomes alone
+    assert few[1] == unavailable_reason(time[:6], np.r_[1, 0, 0, 0, 0, 0]) == "1 events (< 5)"
+    assert unavailable_reason(time, event) is None
 
 
-# --- the whole job -----------------------------------------------------------------------
+# --- the three jobs -----------------------------------------------------------------------
 
-def test_run_survival_on_a_synthetic_cohort(tmp_path):
+SETTINGS = {"folds": 3, "repeats": 1, "inner_folds": 2, "penalizers": list(FAST_GRID),
+            "pca_components": 2, "clusters": 2, "bootstrap": 200, "mil_epochs": 40,
+            "mil_cells": 32, "seed": 0}
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """36 patients whose hazard is the fraction of 'positive' cells; patient P00 has a
+    second slide. Returns the paths of the inputs."""
     rng = np.random.default_rng(1)
     n = 36
     bags, time, event, fraction = make_bags(n, rng)
@@ -317,15 +347,24 @@ def test_run_survival_on_a_synthetic_cohort(tmp_path):
                              "os_event": event, "age": rng.integers(40, 80, n)})
     clinical.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
     truth = pd.DataFrame({"patient": clinical["patient"], "log_hazard": 6.0 * (fraction - 0.3)})
-    settings = SurvivalSettings(n_splits=3, n_repeats=1, inner_splits=2, penalizers=FAST_GRID,
-                                pca_components=2, n_clusters=2, n_boot=200,
-                                mil=MILConfig(epochs=40, max_cells=32))
-    data = load_cohort(tmp_path / "clinical.tsv", paths, mapping, settings=settings)
-    assert len(data.patients) == n and data.cells["P00"].shape[0] == len(bags[0]) + 10
+    truth.to_csv(tmp_path / "truth.tsv", sep="\t", index=False)
+    settings = tmp_path / "config.yaml"  # a workflow config: other sections are ignored
+    settings.write_text(yaml.safe_dump({"qc": {"min_counts": 3}, "survival": SETTINGS}))
+    return {"mapping": mapping, "embeddings": paths, "clinical": tmp_path / "clinical.tsv",
+            "truth": tmp_path / "truth.tsv", "sheet": write_sheet(tmp_path / "samples.tsv", mapping),
+            "settings": settings, "n": n, "first_cells": len(bags[0])}
+
+
+def test_run_survival_on_a_synthetic_cohort(tmp_path, cohort):
+    settings = SurvivalSettings(**SETTINGS)
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], settings)
+    assert len(data.patients) == cohort["n"]
+    assert data.cells["P00"].shape[0] == cohort["first_cells"] + 10
     out = tmp_path / "survival"
-    cindex = run_survival(data, out, true_hazard=truth["log_hazard"].to_numpy(),
-                          settings=settings, progress=False)
-    assert all((out / f).is_file() for f in OUTPUT_FILES)
+    cindex = run_survival(data, out, settings,
+                          true_hazard=read_true_hazard(cohort["truth"], data.patients),
+                          progress=False)
+    assert all((out / f).is_file() for f in MODEL_FILES)
     written = pd.read_csv(out / "cindex.tsv", sep="\t")
     assert list(written.columns) == ["model", "cindex", "ci_low", "ci_high"]
     assert list(written["model"]) == ["clinical", "image", "combined", "image_mil", "true_hazard"]
@@ -333,8 +372,84 @@ def test_run_survival_on_a_synthetic_cohort(tmp_path):
     assert c["true_hazard"] > 0.7 and c["image"] > 0.6  # the cluster fraction is the hazard
     assert (written["ci_low"] <= written["cindex"]).all()
     risk = pd.read_csv(out / "risk.tsv", sep="\t")
-    assert len(risk) == n and {"image", "image_mil"} <= set(risk.columns)
+    assert len(risk) == cohort["n"] and {"image", "image_mil"} <= set(risk.columns)
     pd.testing.assert_frame_equal(cindex, written, check_exact=False, rtol=1e-5)
+
+
+def test_three_commands_reproduce_the_one_shot_run(tmp_path, cohort):
+    out = tmp_path / "cli"
+    settings = ["--settings", str(cohort["settings"])]
+    assert main(["survival-features", "--sheet", str(cohort["sheet"]),
+                 "--clinical", str(cohort["clinical"]),
+                 "--embeddings", *map(str, cohort["embeddings"]),
+                 "--out-dir", str(out), *settings]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FEATURE_FILES)
+    assert main(["survival", "--features", str(out / "features.tsv"),
+                 "--outcomes", str(out / "outcomes.tsv"), "--cells", str(out / "cells.npz"),
+                 "--truth", str(cohort["truth"]), "--out-dir", str(out), *settings,
+                 "--no-progress"]) == 0
+    assert main(["survival-figures", *[a for f in MODEL_FILES for a in
+                                       (f"--{f[:-4].replace('_', '-')}", str(out / f))],
+                 "--out-dir", str(out)]) == 0
+    for figure in FIGURE_FILES:
+        assert (out / figure).stat().st_size > 10_000
+
+    # The same computation in one process, from the inputs: identical tables.
+    one_shot = SurvivalSettings(**SETTINGS)
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], one_shot)
+    stored = read_cohort(out / "features.tsv", out / "outcomes.tsv", out / "cells.npz")
+    pd.testing.assert_frame_equal(stored.features, data.features, check_exact=True)
+    assert stored.patients == data.patients
+    np.testing.assert_array_equal(stored.time, data.time)
+    for patient in data.patients:
+        np.testing.assert_array_equal(stored.cells[patient], data.cells[patient])
+    run_survival(data, tmp_path / "one_shot", one_shot,
+                 true_hazard=read_true_hazard(cohort["truth"], data.patients), progress=False)
+    for table in MODEL_FILES:
+        assert (out / table).read_text() == (tmp_path / "one_shot" / table).read_text(), table
+
+
+def test_settings_shape_the_models(tmp_path, cohort):
+    assert mil_config(SurvivalSettings(mil_epochs=0)) is None
+    assert mil_config(SurvivalSettings(mil_epochs=7, mil_cells=5, seed=2)) == \
+        MILConfig(epochs=7, max_cells=5, seed=2)
+    settings = SurvivalSettings(**{**SETTINGS, "mil_epochs": 0, "folds": 4, "repeats": 2})
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], settings)
+    write_cohort(data, tmp_path)
+    run_survival(read_cohort(*(tmp_path / f for f in FEATURE_FILES)), tmp_path, settings,
+                 progress=False)
+    models = pd.read_csv(tmp_path / "models.tsv", sep="\t")
+    assert list(models["model"]) == ["clinical", "image", "combined"]  # no MIL, no truth
+    assert models["cindex_per_repeat"].str.count(",").eq(1).all()  # 2 repeats
+    assert (models["n_features"] == [1, 2 + 2, 1 + 2 + 2]).all()  # 2 PCs, 2 clusters
+
+
+def test_commands_reject_bad_input_naming_the_file_or_key(tmp_path, cohort, capsys):
+    out = tmp_path / "out"
+    base = ["survival-features", "--clinical", str(cohort["clinical"]),
+            "--embeddings", *map(str, cohort["embeddings"]), "--out-dir", str(out)]
+    partial = write_sheet(tmp_path / "partial.tsv", {"s1": "P01"})
+    assert main(base + ["--sheet", str(partial)]) == 2
+    assert "s0.h5ad" in capsys.readouterr().err  # the slide with no patient is named
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("survival:\n  folds: 1\n")
+    assert main(base + ["--sheet", str(cohort["sheet"]), "--settings", str(bad)]) == 2
+    assert "survival.folds" in capsys.readouterr().err
+    bad.write_text("survival:\n  n_splits: 3\n")  # the old name
+    assert main(base + ["--sheet", str(cohort["sheet"]), "--settings", str(bad)]) == 2
+    assert "unknown config key 'survival.n_splits'" in capsys.readouterr().err
+    assert not out.exists()
+
+    settings = SurvivalSettings(**SETTINGS)
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], settings)
+    write_cohort(data, out)
+    outcomes = pd.read_csv(out / "outcomes.tsv", sep="\t")
+    outcomes.iloc[::-1].to_csv(out / "outcomes.tsv", sep="\t", index=False)
+    assert main(["survival", "--features", str(out / "features.tsv"),
+                 "--outcomes", str(out / "outcomes.tsv"), "--cells", str(out / "cells.npz"),
+                 "--out-dir", str(out), "--no-progress"]) == 2
+    assert "features.tsv" in capsys.readouterr().err  # patients of another cohort
+    assert not (out / "cindex.tsv").exists()
 
 
 # --- real outcomes -----------------------------------------------------------------------
@@ -350,26 +465,11 @@ def test_cox_cross_validated_cindex_on_sksurv_breast_cancer():
     folds = patient_folds(list(features.index), event, n_splits=5, n_repeats=1, seed=0)
     risks = cross_validated_risk(
         lambda tr, te: fit_cox(features.iloc[tr], time[tr], event[tr],
-                               penalizers=(0.3, 1.0, 3.0), inner_splits=3)
+                               penalizers=(0.3, 1.0, 3.0), inner_splits=3, seed=0)
         .predict_risk(features.iloc[te]),
         folds, len(features))
-    result = summarize_cindex(time, event, risks)
+    result = summarize_cindex(time, event, risks, n_boot=1000, seed=0)
     # Measured: 0.684 (95% CI 0.613-0.758); 5 x 5-fold with the default grid: 0.662
     # (0.595-0.727); clinical covariates alone 0.604, the 76 genes alone 0.637.
     assert 0.63 < result.cindex < 0.75
     assert result.ci_low > 0.55
-
-
-def test_cli_rejects_bad_input_with_a_named_file(tmp_path, capsys):
-    from pastflow.cli import main
-
-    path = write_embedding(tmp_path / "s1.h5ad", "s1", np.zeros((5, 3)))
-    clinical = tmp_path / "clinical.tsv"
-    clinical.write_text("patient\tos_time\tos_event\nP1\t3\t1\n")
-    base = ["survival", "--clinical", str(clinical), "--embeddings", str(path),
-            "--out-dir", str(tmp_path / "out"), "--no-progress"]
-    assert main(base + ["--sample-patients", "s1:P1"]) == 2
-    assert "SAMPLE=PATIENT" in capsys.readouterr().err
-    assert main(base + ["--sample-patients", "other=P1"]) == 2
-    assert "s1.h5ad" in capsys.readouterr().err  # the slide with no patient is named
-    assert not (tmp_path / "out").exists()

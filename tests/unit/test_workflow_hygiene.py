@@ -1,5 +1,6 @@
-"""Workflow hygiene: `snakemake --lint` and `snakefmt --check` clean, every config key
-documented in config/README.md, and the workflow catalog's usage file in place."""
+"""Workflow hygiene: `snakemake --lint` and `snakefmt --check` clean, the workflow catalog's
+usage file in place, and the real-data configs valid (config keys against their settings
+classes: tests/unit/test_settings.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import pytest
 import yaml
 
 BIN = Path(sys.executable).parent
-# pretrain.* keys are documented against the model's DEFAULTS, which the README lists in full.
-UNDOCUMENTED_OK = {"pretrain"}
 
 
 def run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
@@ -33,25 +32,6 @@ def test_snakefmt_is_clean(repo_root):
     assert check.returncode == 0, (check.stdout + check.stderr)[-4000:]
 
 
-def leaf_keys(mapping: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in mapping.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and path not in ("simulate.n_cells",):
-            keys += leaf_keys(value, f"{path}.") if path != "resources" else [path]
-        else:
-            keys.append(path)
-    return keys
-
-
-def test_every_config_key_is_documented(repo_root):
-    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
-    readme = (repo_root / "config" / "README.md").read_text()
-    missing = [key for key in leaf_keys(config)
-               if key.split(".")[0] not in UNDOCUMENTED_OK and f"`{key}`" not in readme]
-    assert not missing, f"config/README.md does not describe: {missing}"
-
-
 def test_catalog_usage_file(repo_root):
     catalog = yaml.safe_load((repo_root / ".snakemake-workflow-catalog.yml").read_text())
     assert catalog["usage"]["software-stack-deployment"]["conda"] is True
@@ -69,12 +49,26 @@ def merged(base: dict, override: dict) -> dict:
 
 @pytest.mark.parametrize("name", ["her2st.yaml"])
 def test_real_data_configs_validate_over_the_defaults(repo_root, name):
-    from pastflow.models.config import resolve_config
-    from pastflow.sheet import validate_config
+    from pastflow.config import resolve_workflow_config
 
     default = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     config = merged(default, yaml.safe_load((repo_root / "config" / name).read_text()))
-    validate_config(config, source=name)
-    resolve_config(config["pretrain"], source=f"{name}: pretrain")
-    assert config["stain"]["panel"] == default["stain"]["panel"]  # kept from the defaults
-    assert not config["simulate"]["enabled"]
+    settings = resolve_workflow_config(config, source=name)
+    assert settings.stain.panel == "resources/ihc_panel.yaml"  # kept from the defaults
+    assert not settings.simulate.enabled
+
+
+def test_architecture_page_names_every_rule_and_command(repo_root):
+    """docs/architecture.md is the map from a rule to its command: none may be missing."""
+    import re
+
+    from pastflow.cli import STAGE_MODULES
+
+    page = (repo_root / "docs" / "architecture.md").read_text()
+    rules = set()
+    for path in (repo_root / "workflow" / "rules").glob("*.smk"):
+        rules |= set(re.findall(r"^\s*rule (\w+):", path.read_text(), re.MULTILINE))
+    assert rules, "no rules found"
+    missing = sorted(r for r in rules if f"| `{r}`" not in page)
+    missing += sorted(c for c in STAGE_MODULES if f"`pastflow {c}" not in page)
+    assert not missing, f"docs/architecture.md lacks: {missing}"

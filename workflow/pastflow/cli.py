@@ -22,15 +22,19 @@ STAGE_MODULES = {
     "ingest": "pastflow.ingest.cli",
     "qc": "pastflow.qc.cli",
     "patches": "pastflow.patches.cli",
-    "pretrain": "pastflow.models.cli",
+    "pretrain": "pastflow.pretrain.cli",
     "embed": "pastflow.embed.cli",
     "predict": "pastflow.predict.cli",
     "evaluate": "pastflow.predict.cli",
+    "evaluate-lopo": "pastflow.predict.cli",
     "stain-calibrate": "pastflow.stain.cli",
     "stain": "pastflow.stain.cli",
+    "stain-images": "pastflow.stain.cli",
     "stain-agreement": "pastflow.stain.cli",
     "summary": "pastflow.summary.cli",
+    "survival-features": "pastflow.survival.cli",
     "survival": "pastflow.survival.cli",
+    "survival-figures": "pastflow.survival.cli",
 }
 
 

@@ -50,7 +50,7 @@ def read_clinical(path: str | Path, patients: Iterable[str]) -> pd.DataFrame:
     wanted = list(dict.fromkeys(str(p) for p in patients))
     if not wanted:
         raise InputError(path, "no patients to look up (the sample sheet lists none)")
-    table = _read_table(path)
+    table = _read_clinical_file(path)
     times, events = [], []
     first_line: dict[str, int] = {}
     for i, row in enumerate(table.to_dict("records")):
@@ -83,7 +83,8 @@ def read_clinical(path: str | Path, patients: Iterable[str]) -> pd.DataFrame:
     return table
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_clinical_file(path: Path) -> pd.DataFrame:
+    """The clinical CSV/TSV as stripped text, with its required columns and >= 1 patient."""
     if not path.is_file():
         raise InputError(path, "clinical table not found")
     if path.stat().st_size == 0:

@@ -15,8 +15,6 @@ Every ingested sample is one SpatialData zarr (``results/ingest/{sample}.zarr``)
 ST) to H&E level-0 pixels; it is stored with the data, never implied.
 """
 
-TECHNOLOGIES = ("xenium", "visium", "visium_hd", "legacy_st", "he_only")
-SPLITS = ("train", "val", "test")
 
 # Sample sheet (config/samples.tsv). Paths are relative to config["data_root"] unless absolute.
 #   data:      xenium: the output bundle folder; visium: Space Ranger `outs/`;
@@ -30,7 +28,7 @@ SHEET_COLUMNS = ("sample", "patient", "technology", "data", "image", "alignment"
 OBS_COLUMNS = ("cell_id", "sample", "patient", "x_px", "y_px", "x_vendor", "y_vendor")
 
 UNS_KEYS = (
-    "technology",   # one of TECHNOLOGIES
+    "technology",   # a name in pastflow.technologies.REGISTRY
     "sample",
     "patient",
     "slide_path",   # absolute path of the H&E file the patches stage reads (the vendor pyramid)
@@ -44,3 +42,14 @@ IMAGE_KEY = "he"
 SHAPES_KEY = "cells"
 TABLE_KEY = "table"
 HE_SPACE = "he_pixels"
+
+# The resolution contract. Two resolutions (microns per pixel), or two patch sides in
+# microns, are the same when they differ by at most this fraction, |a / b - 1| <= 0.05:
+# a patch store and the model that reads it (embed, predict: refused beyond it), the
+# training stores of one model (pretrain: refused), a slide's resolution as given and as its
+# file records it (patches, ingest: warned). Stores built at one target resolution differ by at most
+# 2 x LEVEL_MPP_TOLERANCE, so they always agree.
+MPP_TOLERANCE = 0.05
+# A pyramid level this close to the target resolution (relative) is read as it is, not
+# resampled: resampling would blur every pixel for a scale change under a pixel across a patch.
+LEVEL_MPP_TOLERANCE = 0.02

@@ -16,33 +16,19 @@ import yaml
 
 from pastflow.contracts import SHEET_COLUMNS
 from pastflow.errors import InputError
+from pastflow.technologies import NAMES as TECHNOLOGY_NAMES
+from pastflow.technologies import REGISTRY as TECHNOLOGIES
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
-
-# Which path columns each technology needs (the others must exist if given).
-REQUIRED_PATHS = {
-    "xenium": ("data", "image", "alignment"),
-    "visium": ("data", "image"),
-    "visium_hd": ("data", "image"),
-    "legacy_st": ("data", "image", "alignment"),
-    "he_only": ("image",),
-}
 PATH_COLUMNS = ("data", "image", "alignment")
 
 
-def load_schema(name: str) -> dict:
-    with open(SCHEMA_DIR / name) as fh:
-        return yaml.safe_load(fh)
-
-
-def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate ``config`` against ``config.schema.yaml``; return it unchanged."""
-    try:
-        jsonschema.validate(config, load_schema("config.schema.yaml"))
-    except jsonschema.ValidationError as err:
-        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise InputError(source, f"key '{where}': {err.message}") from None
-    return config
+def sample_schema() -> dict:
+    """The schema of one sheet row, its technology choices from the registry."""
+    with open(SCHEMA_DIR / "samples.schema.yaml") as fh:
+        schema = yaml.safe_load(fh)
+    schema["properties"]["technology"]["enum"] = list(TECHNOLOGY_NAMES)
+    return schema
 
 
 def resolve_path(value: str, data_root: str | Path) -> str:
@@ -83,8 +69,7 @@ def load_sample_sheet(path: str | Path, data_root: str | Path = ".",
     """
     path = Path(path)
     sheet = _read_tsv(path)
-    schema = load_schema("samples.schema.yaml")
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(sample_schema())
     seen: dict[str, int] = {}
     for i, row in enumerate(sheet.to_dict("records")):
         line = i + 2  # header is line 1
@@ -96,10 +81,7 @@ def load_sample_sheet(path: str | Path, data_root: str | Path = ".",
             raise InputError(path, f"{where}, column 'sample': duplicate sample id "
                                    f"(first on line {seen[row['sample']]})")
         seen[row["sample"]] = line
-        required = REQUIRED_PATHS[row["technology"]]
-        if row["technology"] == "xenium" and row["data"].endswith(".zarr"):
-            required = ("data",)  # an already converted SpatialData carries its H&E
-        for column in required:
+        for column in TECHNOLOGIES[row["technology"]].required(row["data"]):
             if not row[column]:
                 raise InputError(path, f"{where}, column '{column}': required for "
                                        f"technology '{row['technology']}'")

@@ -29,6 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
+from pastflow.contracts import LEVEL_MPP_TOLERANCE
 from pastflow.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -524,7 +525,8 @@ def _unlimited_pixels(image_module) -> Iterator[None]:
 
 
 def level_for_mpp(
-    slide: Slide, target_mpp: float, mpp: float | None = None, tolerance: float = 0.02
+    slide: Slide, target_mpp: float, mpp: float | None = None,
+    tolerance: float = LEVEL_MPP_TOLERANCE,
 ) -> int:
     """The coarsest level that is still at least as fine as ``target_mpp`` (within ``tolerance``).
 

@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import anndata as ad
 
 from pastflow.contracts import TABLE_KEY
 from pastflow.errors import InputError
+
+
+def read_h5ad(path: str | Path, what: str, *, obs: Sequence[str] = ()) -> ad.AnnData:
+    """An ``.h5ad`` file, with the ``obs`` columns ``obs``.
+
+    ``what`` says which table the file should be (``"QC table"``), for the messages.
+
+    Raises:
+        InputError: naming the file, when it is missing, not a readable AnnData file, or
+            lacks one of the ``obs`` columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        table = ad.read_h5ad(path)
+    except Exception as err:  # h5py and anndata raise many types on a file that is not one
+        problem = f"not a readable AnnData file ({type(err).__name__}: {err})"
+        raise InputError(path, problem) from err
+    for column in obs:
+        if column not in table.obs:
+            raise InputError(path, f'{what} has no obs["{column}"]')
+    return table
 
 
 def read_ingested_table(zarr_path: str | Path) -> ad.AnnData:

@@ -1,30 +1,49 @@
-# Config and sample sheet are validated here, before any job runs; a bad sheet stops the
-# workflow with a message naming the file, the line and the column.
+# Config and sample sheet are checked here, before any job runs: a misspelt key, a value out
+# of range or a bad sheet stops the workflow with a message naming the key, or the file, the
+# line and the column.
 import json
 import sys
-from fnmatch import fnmatch
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # import pastflow from this checkout
 
-from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
+from pastflow.config import STAGE_SECTIONS, config_schema, resolve_workflow_config
 from pastflow.errors import InputError
-from pastflow.models.config import resolve_config
-from pastflow.sheet import load_sample_sheet, validate_config
+from pastflow.settings import project_path, write_json_if_changed, write_settings_file
+from pastflow.sheet import load_sample_sheet
+from pastflow.technologies import REGISTRY as TECHNOLOGY_REGISTRY
 
 try:
-    validate_config(config, source="config")
-    # The pretrain section is checked against the model's own defaults (a misspelt key
-    # fails here, not after the data stages have run).
-    resolve_config(config.get("pretrain"), source="config: pretrain")
-    SIMULATED = config["simulate"]["enabled"]
+    # Every key against the stage settings classes (pastflow/<stage>/settings.py), which
+    # hold the only defaults.
+    SETTINGS = resolve_workflow_config(config)
+    SIMULATED = SETTINGS.simulate.enabled
     # Simulated inputs do not exist yet: the simulate rules create them.
     samples = load_sample_sheet(
-        config["samples"], config["data_root"], check_paths=not SIMULATED
+        SETTINGS.samples, SETTINGS.data_root, check_paths=not SIMULATED
     )
 except InputError as err:
     sys.exit(f"pastflow: invalid input: {err}")
+SETTINGS_DIR = "results/settings"
+# The schema, written from the same classes (workflow/schemas/config.schema.yaml is a copy
+# for readers, kept equal by a test): validating fills every default into `config`.
+CONFIG_SCHEMA = Path(SETTINGS_DIR, "config.schema.json").resolve()
+write_json_if_changed(config_schema(), CONFIG_SCHEMA)
+validate(config, str(CONFIG_SCHEMA))
+
+
+def settings_file(section):
+    """The settings file of a config section, an input of every job of its stage: rewritten
+    only when the section changes, so a changed setting reruns exactly those jobs."""
+    return f"{SETTINGS_DIR}/{section}.json"
+
+
+for _section in STAGE_SECTIONS:
+    write_settings_file(
+        {_section: getattr(SETTINGS, _section).to_dict()}, settings_file(_section)
+    )
 
 SAMPLES = list(samples.index)
 # Rules run the package from this checkout with whatever Python the job's environment has
@@ -32,27 +51,32 @@ SAMPLES = list(samples.index)
 PASTFLOW = (
     f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m pastflow"
 )
-EXPRESSION_SAMPLES = [s for s in SAMPLES if samples.loc[s, "technology"] != "he_only"]
+EXPRESSION_SAMPLES = [
+    s
+    for s in SAMPLES
+    if TECHNOLOGY_REGISTRY[samples.loc[s, "technology"]].has_expression
+]
 # Pretraining sees the train and val samples with expression; test samples never.
 PRETRAIN_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] != "test"]
 # Evaluated: the test samples with measured expression.
 EVALUATE_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] == "test"]
 MODEL = "results/pretrain/model"
-SIM_OUT = config["simulate"].get("out", "results/simulated")
+SIM_OUT = SETTINGS.simulate.out
 SUMMARY = "results/summary.json"
 SURVIVAL = "results/survival"
+SURVIVAL_FIGURES = ("cindex", "km", "forest", "td_auc")  # rule survival_figures
 # Survival needs tens of patients with outcomes: the simulated cohort, or a user's table.
 SURVIVAL_PATIENTS = len(set(samples["patient"]))
 RUN_SURVIVAL = bool(
     PRETRAIN_SAMPLES
-    and (SIMULATED or config["survival"]["clinical"])
-    and SURVIVAL_PATIENTS >= config["survival"]["min_patients"]
+    and (SIMULATED or SETTINGS.survival.clinical)
+    and SURVIVAL_PATIENTS >= SETTINGS.survival.min_patients
 )
 if PRETRAIN_SAMPLES and not RUN_SURVIVAL:
     print(
         f"pastflow: survival skipped ({SURVIVAL_PATIENTS} patients, survival.min_patients="
-        f"{config['survival']['min_patients']}, clinical table: "
-        f"{config['survival']['clinical'] or ('simulated' if SIMULATED else 'none')})",
+        f"{SETTINGS.survival.min_patients}, clinical table: "
+        f"{SETTINGS.survival.clinical or ('simulated' if SIMULATED else 'none')})",
         file=sys.stderr,
     )
 
@@ -62,35 +86,18 @@ wildcard_constraints:
 
 
 def project_file(path):
-    """A config path to a file shipped with pastflow (``resources/...``): as given when it
-    exists relative to the working directory, else relative to this checkout, so a run in
-    another directory (``--directory``) finds the project's defaults."""
-    if Path(path).is_absolute() or Path(path).exists():
-        return path
-    return str(Path(workflow.basedir).parent / path)
+    """A config path to a file shipped with pastflow, found from any working directory."""
+    return str(project_path(path))
 
 
 def rule_resources(rule):
     """The rule's memory and wall time from config ``resources`` (the profile's
     ``set-resources`` wins). Runtimes grow with the attempt: a retried job (``retries:``,
     e.g. a pre-empted pretraining requeued by Slurm) gets more time to finish."""
-    values = dict(config["resources"][rule])
+    values = getattr(SETTINGS.resources, rule).to_dict()
     runtime = values.pop("runtime")
     values["runtime"] = lambda wildcards, attempt: runtime * attempt
     return values
-
-
-def simulated_cells(wildcards):
-    """``simulate.n_cells``: one count, or the first sample-name pattern that matches."""
-    n_cells = config["simulate"]["n_cells"]
-    if isinstance(n_cells, int):
-        return n_cells
-    for pattern, count in n_cells.items():
-        if fnmatch(wildcards.sample, pattern):
-            return count
-    raise WorkflowError(
-        f"config simulate.n_cells: no pattern matches {wildcards.sample}"
-    )
 
 
 def pretrain_launcher(wildcards, resources):
@@ -149,29 +156,32 @@ def load_run_summary(path=SUMMARY):
 
 def survival_clinical():
     """The user's clinical table, or the simulated cohort's."""
-    if config["survival"].get("clinical"):
-        return config["survival"]["clinical"]
+    if SETTINGS.survival.clinical:
+        return SETTINGS.survival.clinical
     return f"{SIM_OUT}/clinical.tsv"
 
 
 def survival_hscores(wildcards):
     """The stain stage's slide H-scores when ``survival.use_hscores`` is on."""
-    if config["survival"].get("use_hscores"):
+    if SETTINGS.survival.use_hscores:
         return expand("results/stain/{sample}/hscores.tsv", sample=SAMPLES)
     return []
 
 
+def survival_gene_sets():
+    """The GMT of the pathway features: pretraining's (``pretrain.data.gene_sets``)."""
+    from pastflow.models.pathways import default_gmt_path
+
+    if SETTINGS.pretrain.data.gene_sets:
+        return project_file(SETTINGS.pretrain.data.gene_sets)
+    return str(default_gmt_path())
+
+
 def survival_options(wildcards, input):
-    """Optional inputs of ``pastflow survival``: H-scores, true hazard, gene sets."""
-    options = []
-    if input.hscores:
-        options.append("--hscores " + " ".join(input.hscores))
-    if input.truth:
-        options.append(f"--truth {input.truth}")
-    gene_sets = resolve_config(config.get("pretrain"))["data"]["gene_sets"]
-    if gene_sets:
-        options.append(f"--gene-sets {gene_sets}")
-    return " ".join(options)
+    """Optional input of ``pastflow survival``: the simulated cohort's true hazard."""
+    import shlex
+
+    return f"--truth {shlex.quote(input.truth)}" if input.truth else ""
 
 
 def all_outputs():
@@ -183,9 +193,17 @@ def all_outputs():
     if PRETRAIN_SAMPLES:  # the model stages need samples with expression to train on
         outputs += expand("results/predict/{sample}.h5ad", sample=SAMPLES)
         outputs += expand("results/stain/{sample}/hscores.tsv", sample=SAMPLES)
+        outputs += expand(
+            "results/stain/{sample}/virtual_{marker}.tif",
+            sample=SAMPLES,
+            marker=SETTINGS.stain.images,
+        )
+        outputs += expand("results/stain/{sample}/thumbnails.jpg", sample=SAMPLES)
         if EVALUATE_SAMPLES:
             outputs.append("results/predict/metrics.tsv")
+            outputs.append("results/predict/lopo.tsv")
             outputs.append("results/stain/hscore_agreement.tsv")
         if RUN_SURVIVAL:
             outputs.append("results/survival/cindex.tsv")
+            outputs += expand("results/survival/{figure}.png", figure=SURVIVAL_FIGURES)
     return outputs

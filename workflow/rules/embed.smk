@@ -1,12 +1,13 @@
 # Per sample, every sample (H&E-only ones included): image embeddings of every cell with the
 # trained model and with the same architecture at random weights; expression embeddings
-# where a QC table exists.
+# where a QC table exists. The patch store must be at the model's resolution.
 rule embed:
     input:
         weights=f"{MODEL}/model.safetensors",
         model_config=f"{MODEL}/config.json",
         store="results/patches/{sample}.h5",
         table=qc_table,
+        settings=settings_file("embed"),
     output:
         "results/embed/{sample}.h5ad",
     log:
@@ -20,10 +21,7 @@ rule embed:
         pastflow=PASTFLOW,
         model=lambda wildcards, input: Path(input.weights).parent,
         table=optional_table,
-        batch_size=config["embed"]["batch_size"],
-        random_seed=config["embed"]["random_seed"],
     shell:
         "OMP_NUM_THREADS={threads} {params.pastflow} embed --model {params.model}"
         " --store {input.store} {params.table} --sample {wildcards.sample} --out {output}"
-        " --batch-size {params.batch_size} --random-seed {params.random_seed} --no-progress"
-        " > {log} 2>&1"
+        " --settings {input.settings} --no-progress > {log} 2>&1"

@@ -1,6 +1,7 @@
 rule ingest:
     input:
-        ingest_inputs,
+        data=ingest_inputs,
+        settings=settings_file("ingest"),
     output:
         directory("results/ingest/{sample}.zarr"),
     log:
@@ -11,17 +12,10 @@ rule ingest:
         **rule_resources("ingest"),
     params:
         pastflow=PASTFLOW,
-        patient=sheet("patient"),
-        technology=sheet("technology"),
-        data=sheet("data"),
-        image=sheet("image"),
-        alignment=sheet("alignment"),
-        mpp=(
-            f"--mpp {config['ingest']['mpp']}"
-            if config.get("ingest", {}).get("mpp")
-            else ""
-        ),
+        row=lambda wildcards: samples.loc[wildcards.sample].to_dict(),
     shell:
-        "{params.pastflow} ingest --sample {wildcards.sample} --patient {params.patient}"
-        " --technology {params.technology} --data '{params.data}' --image '{params.image}'"
-        " --alignment '{params.alignment}' {params.mpp} --out {output} > {log} 2>&1"
+        "{params.pastflow} ingest --sample {wildcards.sample:q}"
+        " --patient {params.row[patient]:q} --technology {params.row[technology]:q}"
+        " --data {params.row[data]:q} --image {params.row[image]:q}"
+        " --alignment {params.row[alignment]:q} --settings {input.settings}"
+        " --out {output:q} > {log:q} 2>&1"

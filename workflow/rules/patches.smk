@@ -1,6 +1,7 @@
 rule patches:
     input:
-        "results/ingest/{sample}.zarr",
+        ingested="results/ingest/{sample}.zarr",
+        settings=settings_file("patches"),
     output:
         store="results/patches/{sample}.h5",
         gallery=report(
@@ -18,10 +19,6 @@ rule patches:
         **rule_resources("patches"),
     params:
         pastflow=PASTFLOW,
-        mpp=config["patches"]["mpp"],
-        patch_um=config["patches"]["patch_um"],
-        context_um=config["patches"].get("context_um", 0),
     shell:
-        "{params.pastflow} patches --table {input} --out {output.store} --gallery {output.gallery}"
-        " --mpp {params.mpp} --patch-um {params.patch_um} --context-um {params.context_um}"
-        " > {log} 2>&1"
+        "{params.pastflow} patches --ingested {input.ingested} --settings {input.settings}"
+        " --out {output.store} --gallery {output.gallery} > {log} 2>&1"

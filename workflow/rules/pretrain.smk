@@ -7,8 +7,8 @@ rule pretrain:
     input:
         stores=expand("results/patches/{sample}.h5", sample=PRETRAIN_SAMPLES),
         tables=expand("results/qc/{sample}.h5ad", sample=PRETRAIN_SAMPLES),
+        settings=settings_file("pretrain"),
     output:
-        config="results/pretrain/run_config.json",
         weights=f"{MODEL}/model.safetensors",
         model_config=f"{MODEL}/config.json",
         metrics="results/pretrain/metrics.tsv",
@@ -30,10 +30,8 @@ rule pretrain:
         **rule_resources("pretrain"),
     params:
         launch=pretrain_launcher,
-        pretrain=json.dumps(config.get("pretrain") or {}),
         out=lambda wildcards, output: Path(output.metrics).parent,
     shell:
-        "printf '%s\\n' {params.pretrain:q} > {output.config} && "
-        "OMP_NUM_THREADS={threads} {params.launch} pretrain --config {output.config}"
-        " --stores {input.stores} --tables {input.tables} --out {params.out} --no-progress"
-        " > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launch} pretrain --settings {input.settings}"
+        " --stores {input.stores:q} --tables {input.tables:q} --out {params.out:q}"
+        " --no-progress > {log:q} 2>&1"

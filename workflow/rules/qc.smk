@@ -1,6 +1,7 @@
 rule qc:
     input:
-        "results/ingest/{sample}.zarr",
+        ingested="results/ingest/{sample}.zarr",
+        settings=settings_file("qc"),
     output:
         table="results/qc/{sample}.h5ad",
         distributions=report(
@@ -25,10 +26,7 @@ rule qc:
         **rule_resources("qc"),
     params:
         pastflow=PASTFLOW,
-        qc=config["qc"],
     shell:
-        "{params.pastflow} qc --table {input} --out {output.table}"
-        " --fig-distributions {output.distributions} --fig-spatial {output.spatial}"
-        " --min-counts {params.qc[min_counts]} --min-genes {params.qc[min_genes]}"
-        " --min-cells {params.qc[min_cells]} --n-top-genes {params.qc[n_top_genes]}"
-        " > {log} 2>&1"
+        "{params.pastflow} qc --ingested {input.ingested} --settings {input.settings}"
+        " --out {output.table} --fig-distributions {output.distributions}"
+        " --fig-spatial {output.spatial} > {log} 2>&1"

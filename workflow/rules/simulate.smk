@@ -2,6 +2,8 @@
 if SIMULATED:
 
     rule simulate_sample:
+        input:
+            settings=settings_file("simulate"),
         output:
             directory(f"{SIM_OUT}/{{sample}}"),
         log:
@@ -13,20 +15,17 @@ if SIMULATED:
         params:
             pastflow=PASTFLOW,
             out=lambda wildcards, output: Path(output[0]).parent,
-            patient=sheet("patient"),
-            technology=sheet("technology"),
+            row=lambda wildcards: samples.loc[wildcards.sample].to_dict(),
+            # The section seed: the sample's row in the sheet.
             seed=lambda wildcards: SAMPLES.index(wildcards.sample),
-            n_cells=simulated_cells,
-            n_genes=config["simulate"]["n_genes"],
-            mpp=config["simulate"]["mpp"],
-            cohort_seed=config["simulate"]["cohort_seed"],
         shell:
-            "{params.pastflow} simulate sample --out {params.out} --sample {wildcards.sample}"
-            " --patient {params.patient} --technology {params.technology}"
-            " --n-cells {params.n_cells} --n-genes {params.n_genes} --mpp {params.mpp}"
-            " --seed {params.seed} --cohort-seed {params.cohort_seed} > {log} 2>&1"
+            "{params.pastflow} simulate sample --out {params.out:q} --sample {wildcards.sample:q}"
+            " --patient {params.row[patient]:q} --technology {params.row[technology]:q}"
+            " --seed {params.seed} --settings {input.settings} > {log:q} 2>&1"
 
     rule simulate_clinical:
+        input:
+            settings=settings_file("simulate"),
         output:
             clinical=f"{SIM_OUT}/clinical.tsv",
             hazard=f"{SIM_OUT}/truth_hazard.tsv",
@@ -40,7 +39,6 @@ if SIMULATED:
             pastflow=PASTFLOW,
             out=lambda wildcards, output: Path(output[0]).parent,
             patients=sorted(set(samples["patient"])),
-            cohort_seed=config["simulate"]["cohort_seed"],
         shell:
-            "{params.pastflow} simulate clinical --out {params.out} --patients {params.patients}"
-            " --cohort-seed {params.cohort_seed} > {log} 2>&1"
+            "{params.pastflow} simulate clinical --out {params.out:q} --patients {params.patients:q}"
+            " --settings {input.settings} > {log:q} 2>&1"

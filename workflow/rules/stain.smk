@@ -1,8 +1,8 @@
 # Virtual IHC (pastflow.stain): cut-offs calibrated on the training slides' measured
-# expression, then per sample H-scores and virtual stain images from predicted expression,
-# then predicted against measured H-scores on the held-out slides.
-STAIN_PANEL = project_file(config["stain"]["panel"])
-STAIN_IMAGES = config["stain"]["images"]
+# expression, then per sample H-scores, then virtual stain images from predicted expression,
+# then predicted against measured H-scores on the held-out slides. Settings (markers drawn,
+# region grid, ...) travel in the stain settings file, never on the shell line.
+STAIN_PANEL = project_file(SETTINGS.stain.panel)
 
 
 # Cohort level: 0/1+/2+/3+ cut-offs per marker (panel cut-offs win over calibration).
@@ -10,6 +10,7 @@ rule stain_calibrate:
     input:
         tables=expand("results/qc/{sample}.h5ad", sample=PRETRAIN_SAMPLES),
         panel=STAIN_PANEL,
+        settings=settings_file("stain"),
     output:
         report(
             "results/stain/cutoffs.tsv",
@@ -28,11 +29,11 @@ rule stain_calibrate:
         pastflow=PASTFLOW,
     shell:
         "{params.pastflow} stain-calibrate --tables {input.tables} --panel {input.panel}"
-        " --out {output} --no-progress > {log} 2>&1"
+        " --settings {input.settings} --out {output} --no-progress > {log} 2>&1"
 
 
 # Per sample, every sample: levels and H-scores from predicted expression (and from measured
-# expression where there is some), virtual stain pyramids and their thumbnails.
+# expression where there is some). Survival reads these without waiting for the images.
 rule stain:
     input:
         prediction="results/predict/{sample}.h5ad",
@@ -40,19 +41,10 @@ rule stain:
         cutoffs="results/stain/cutoffs.tsv",
         panel=STAIN_PANEL,
         table=qc_table,
+        settings=settings_file("stain"),
     output:
         hscores="results/stain/{sample}/hscores.tsv",
         cells="results/stain/{sample}/cells.tsv.gz",
-        images=expand(
-            "results/stain/{{sample}}/virtual_{marker}.tif", marker=STAIN_IMAGES
-        ),
-        thumbnails=report(
-            "results/stain/{sample}/thumbnails.jpg",
-            caption="../report/stain_thumbnails.rst",
-            category="4. Virtual IHC",
-            subcategory="virtual stains",
-            labels={"sample": "{sample}"},
-        ),
     log:
         "results/logs/stain/{sample}.log",
     conda:
@@ -63,14 +55,49 @@ rule stain:
         pastflow=PASTFLOW,
         table=optional_table,
         out_dir=lambda wildcards, output: Path(output.hscores).parent,
-        images=" ".join(f"'{marker}'" for marker in STAIN_IMAGES),
-        grid_um=config["stain"]["grid_um"],
-        min_region_cells=config["stain"]["min_region_cells"],
     shell:
         "{params.pastflow} stain --prediction {input.prediction} --store {input.store}"
         " --cutoffs {input.cutoffs} --panel {input.panel} {params.table}"
-        " --images {params.images} --grid-um {params.grid_um}"
-        " --min-region-cells {params.min_region_cells} --sample {wildcards.sample}"
+        " --settings {input.settings} --sample {wildcards.sample}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Per sample, every sample: virtual stain pyramids of the `stain.images` markers and their
+# thumbnails, drawn from the levels `stain` wrote (the QC table gives the unit diameter).
+rule stain_images:
+    input:
+        cells="results/stain/{sample}/cells.tsv.gz",
+        hscores="results/stain/{sample}/hscores.tsv",
+        store="results/patches/{sample}.h5",
+        panel=STAIN_PANEL,
+        table=qc_table,
+        settings=settings_file("stain"),
+    output:
+        images=expand(
+            "results/stain/{{sample}}/virtual_{marker}.tif",
+            marker=SETTINGS.stain.images,
+        ),
+        thumbnails=report(
+            "results/stain/{sample}/thumbnails.jpg",
+            caption="../report/stain_thumbnails.rst",
+            category="4. Virtual IHC",
+            subcategory="virtual stains",
+            labels={"sample": "{sample}"},
+        ),
+    log:
+        "results/logs/stain/{sample}_images.log",
+    conda:
+        "../../envs/stain.yaml"
+    resources:
+        **rule_resources("stain_images"),
+    params:
+        pastflow=PASTFLOW,
+        table=optional_table,
+        out_dir=lambda wildcards, output: Path(output.thumbnails).parent,
+    shell:
+        "{params.pastflow} stain-images --cells {input.cells} --hscores {input.hscores}"
+        " --store {input.store} --panel {input.panel} {params.table}"
+        " --settings {input.settings} --sample {wildcards.sample}"
         " --out-dir {params.out_dir} --no-progress > {log} 2>&1"
 
 

@@ -1,13 +1,45 @@
 # Cohort level: patient features (clinical; image embeddings and their cluster composition;
 # pathway scores of the predicted expression, virtual H-scores) -> penalised Cox models and
 # attention-MIL, cross-validated by patient; c-index with 95% intervals, KM and forest plots.
-rule survival:
+# The sample sheet gives the patient of every slide.
+rule survival_features:
     input:
+        settings=settings_file("survival"),
+        sheet=SETTINGS.samples,
         clinical=survival_clinical(),
-        truth=f"{SIM_OUT}/truth_hazard.tsv" if SIMULATED else [],
         embeddings=expand("results/embed/{sample}.h5ad", sample=SAMPLES),
         predictions=expand("results/predict/{sample}.h5ad", sample=SAMPLES),
         hscores=survival_hscores,
+        gene_sets=survival_gene_sets(),
+    output:
+        features=f"{SURVIVAL}/features.tsv",
+        outcomes=f"{SURVIVAL}/outcomes.tsv",
+        cells=f"{SURVIVAL}/cells.npz",
+    log:
+        "results/logs/survival/survival_features.log",
+    conda:
+        "../../envs/survival.yaml"
+    threads: 2
+    resources:
+        **rule_resources("survival_features"),
+    params:
+        pastflow=PASTFLOW,
+        out=lambda wildcards, output: Path(output.features).parent,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.pastflow} survival-features"
+        " --settings {input.settings} --sheet {input.sheet:q} --clinical {input.clinical:q}"
+        " --embeddings {input.embeddings} --predictions {input.predictions}"
+        " --hscores {input.hscores} --gene-sets {input.gene_sets:q} --out-dir {params.out}"
+        " > {log} 2>&1"
+
+
+rule survival:
+    input:
+        settings=settings_file("survival"),
+        features=rules.survival_features.output.features,
+        outcomes=rules.survival_features.output.outcomes,
+        cells=rules.survival_features.output.cells,
+        truth=f"{SIM_OUT}/truth_hazard.tsv" if SIMULATED else [],
     output:
         cindex=report(
             f"{SURVIVAL}/cindex.tsv",
@@ -16,7 +48,36 @@ rule survival:
             subcategory="models",
             labels={"table": "cross-validated c-index per model"},
         ),
-        cindex_plot=report(
+        models=f"{SURVIVAL}/models.tsv",
+        risk=f"{SURVIVAL}/risk.tsv",
+        coefficients=f"{SURVIVAL}/coefficients.tsv",
+        td_auc=f"{SURVIVAL}/td_auc.tsv",
+    log:
+        "results/logs/survival/survival.log",
+    conda:
+        "../../envs/survival.yaml"
+    threads: 2
+    resources:
+        **rule_resources("survival"),
+    params:
+        pastflow=PASTFLOW,
+        out=lambda wildcards, output: Path(output.cindex).parent,
+        truth=survival_options,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.pastflow} survival --settings {input.settings}"
+        " --features {input.features} --outcomes {input.outcomes} --cells {input.cells}"
+        " {params.truth} --out-dir {params.out} --no-progress > {log} 2>&1"
+
+
+rule survival_figures:
+    input:
+        cindex=rules.survival.output.cindex,
+        models=rules.survival.output.models,
+        risk=rules.survival.output.risk,
+        coefficients=rules.survival.output.coefficients,
+        td_auc=rules.survival.output.td_auc,
+    output:
+        cindex=report(
             f"{SURVIVAL}/cindex.png",
             caption="../report/survival_cindex.rst",
             category="5. Survival",
@@ -44,39 +105,16 @@ rule survival:
             subcategory="models",
             labels={"figure": "time-dependent AUC"},
         ),
-        models=f"{SURVIVAL}/models.tsv",
-        features=f"{SURVIVAL}/features.tsv",
-        risk=f"{SURVIVAL}/risk.tsv",
-        coefficients=f"{SURVIVAL}/coefficients.tsv",
-        td_auc_table=f"{SURVIVAL}/td_auc.tsv",
     log:
-        "results/logs/survival/survival.log",
+        "results/logs/survival/survival_figures.log",
     conda:
         "../../envs/survival.yaml"
-    threads: 2
     resources:
-        **rule_resources("survival"),
+        **rule_resources("survival_figures"),
     params:
         pastflow=PASTFLOW,
-        out=lambda wildcards, output: Path(output.cindex).parent,
-        options=survival_options,
-        sample_patients=" ".join(f"{s}={samples.loc[s, 'patient']}" for s in SAMPLES),
-        folds=config["survival"]["folds"],
-        repeats=config["survival"]["repeats"],
-        inner_folds=config["survival"]["inner_folds"],
-        penalizers=" ".join(str(p) for p in config["survival"]["penalizers"]),
-        pca=config["survival"]["pca_components"],
-        clusters=config["survival"]["clusters"],
-        bootstrap=config["survival"]["bootstrap"],
-        mil_epochs=config["survival"]["mil_epochs"],
-        mil_cells=config["survival"]["mil_cells"],
-        seed=config["survival"]["seed"],
+        out=lambda wildcards, output: Path(output.km).parent,
     shell:
-        "OMP_NUM_THREADS={threads} {params.pastflow} survival --clinical {input.clinical}"
-        " --embeddings {input.embeddings} --predictions {input.predictions}"
-        " --sample-patients {params.sample_patients} {params.options}"
-        " --out-dir {params.out} --folds {params.folds} --repeats {params.repeats}"
-        " --inner-folds {params.inner_folds} --penalizers {params.penalizers}"
-        " --pca {params.pca} --clusters {params.clusters} --bootstrap {params.bootstrap}"
-        " --mil-epochs {params.mil_epochs} --mil-cells {params.mil_cells}"
-        " --seed {params.seed} --no-progress > {log} 2>&1"
+        "{params.pastflow} survival-figures --cindex {input.cindex} --models {input.models}"
+        " --risk {input.risk} --coefficients {input.coefficients} --td-auc {input.td_auc}"
+        " --out-dir {params.out} > {log} 2>&1"

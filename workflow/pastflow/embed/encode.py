@@ -41,8 +41,7 @@ def neighbor_rows(store: PatchStore, rows: np.ndarray, k: int,
                   radius_um: float | None) -> np.ndarray:
     """``int64 (n, k)``: the store rows of each cell's ``k`` nearest cells among ``rows``
     (-1 = none), as the training dataset finds them (microns, same sample)."""
-    slide_mpp = float(store.attrs.get("slide_mpp", store.mpp))
-    local = nearest_neighbors(np.asarray(store.xy_level0)[rows] * slide_mpp, k, radius_um)
+    local = nearest_neighbors(np.asarray(store.xy_level0)[rows] * store.slide_mpp, k, radius_um)
     return np.where(local >= 0, rows[np.clip(local, 0, None)], -1)
 
 
@@ -61,7 +60,7 @@ def _normalise(patches: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
 
 @torch.inference_mode()
 def embed_images(model: PastModel, store: PatchStore, rows: np.ndarray, *, mean: Sequence[float],
-                 std: Sequence[float], batch_size: int = 256,
+                 std: Sequence[float], batch_size: int,
                  neighbor_radius_um: float | None = None, device: str | torch.device = "cpu",
                  progress: bool = True, desc: str = "embed images") -> np.ndarray:
     """Image embeddings ``float32 (len(rows), embed_dim)`` of store rows ``rows``.

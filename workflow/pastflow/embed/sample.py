@@ -11,7 +11,11 @@ Rows are the cells of the patch store that lie inside the slide, in store order
 
 ``obs``: ``cell_id``, ``sample``, ``x_px``, ``y_px`` (H&E level-0 pixels), ``in_tissue``,
 ``expression_measured``. ``uns["pastflow_embed"]``: model path and step, encoder, widths,
-the random seed, the store's resolution and slide, and the measured throughput.
+the random seed, the store's resolution (``store_mpp``, ``store_patch_um``) and slide, the
+model's (``model_mpp``, ``model_patch_um``; NaN for checkpoints that record none), and the
+measured throughput.
+
+The store must be at the model's resolution (:mod:`pastflow.resolution`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch
 
 from pastflow.atomic import atomic_path
 from pastflow.embed.encode import embed_expression, embed_images, random_model
+from pastflow.resolution import check_store
+from pastflow.embed.settings import EmbedSettings
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.data import read_qc_table
@@ -39,22 +45,27 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | Path, *,
-                 table_path: str | Path | None = None, sample: str | None = None,
-                 random_seed: int = 0, batch_size: int = 256,
-                 device: str | torch.device | None = None, progress: bool = True) -> ad.AnnData:
+def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | Path,
+                 settings: EmbedSettings, *, table_path: str | Path | None = None,
+                 sample: str | None = None, progress: bool = True) -> ad.AnnData:
     """Embed every in-slide cell of ``store_path`` with the model in ``model_dir`` (a
     checkpoint directory), and the expression of ``table_path`` (a QC table) when given;
     write the table described in the module docstring to ``out_path`` (atomically).
 
+    ``settings``: batch size, seed of the random-weight baseline, device (config ``embed``).
+
     Raises:
-        InputError: unreadable model, store or table; a table none of whose cells is in the
-            store.
+        InputError: unreadable model, store or table; a store at another resolution than
+            the model's, or too small for its crops
+            (:func:`~pastflow.resolution.check_store`); a table none of whose cells is
+            in the store.
     """
-    device = torch.device(device) if device is not None else default_device()
+    batch_size, random_seed = settings.batch_size, settings.random_seed
+    device = torch.device(settings.device) if settings.device else default_device()
     checkpoint = load_checkpoint(model_dir, device=device)
     config, model = checkpoint.config, checkpoint.model
     store = PatchStore(store_path)
+    check_store(store, config["model"], model_dir)
     rows = np.flatnonzero(np.asarray(store.in_slide))
     if len(rows) == 0:
         raise InputError(store_path, "no cell of the patch store lies inside the slide")
@@ -89,14 +100,22 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
         "expression_encoder": config["model"]["expression"]["name"],
         "embed_dim": int(config["model"]["embed_dim"]), "image_px": int(config["model"]["image_px"]),
         "random_seed": int(random_seed), "store": str(Path(store_path).resolve()),
-        "store_mpp": store.mpp, "slide_path": str(store.attrs.get("source_slide", "")),
-        "slide_mpp": float(store.attrs.get("slide_mpp", np.nan)),
+        "store_mpp": store.mpp,
+        "store_patch_um": float(store.attrs.get("patch_um", store.patch_px * store.mpp)),
+        "model_mpp": _or_nan(config["model"].get("mpp")),
+        "model_patch_um": _or_nan(config["model"].get("patch_um")),
+        "slide_path": str(store.attrs.get("source_slide", "")),
+        "slide_mpp": store.slide_mpp,
         "device": str(device), "batch_size": int(batch_size),
         "image_cells_per_s": round(len(rows) / seconds, 1),
     }
     with atomic_path(out_path) as tmp:
         table.write_h5ad(tmp)
     return table
+
+
+def _or_nan(value) -> float:
+    return float(value) if value is not None else float("nan")
 
 
 def _expression_embeddings(model, table_path, obs: pd.DataFrame, batch_size: int,

@@ -7,7 +7,3 @@ converted to SpatialData), ``visium`` (Space Ranger ``outs/`` or an AnnData), ``
 ``common`` assembles the contract's elements, ``he_image`` the lazy H&E element, ``sample``
 runs one sample end to end, ``cli`` is ``pastflow ingest``.
 """
-
-from pastflow.ingest.sample import ingest_sample
-
-__all__ = ["ingest_sample"]

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from pastflow.contracts import HE_SPACE, IMAGE_KEY, OBS_COLUMNS, SHAPES_KEY, TABLE_KEY, UNS_KEYS
+from pastflow.contracts import (HE_SPACE, IMAGE_KEY, MPP_TOLERANCE, OBS_COLUMNS, SHAPES_KEY,
+                                TABLE_KEY, UNS_KEYS)
 from pastflow.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 # Fewer than this fraction of cells on the H&E means the coordinates or the alignment are wrong.
 MIN_FRACTION_IN_IMAGE = 0.5
 # Two estimates of the H&E resolution further apart than this are reported.
-MPP_TOLERANCE = 0.10
 
 
 @dataclass
@@ -155,7 +155,7 @@ def choose_mpp(file_mpp: float | None, derived_mpp: float | None, source: str | 
     """The H&E resolution: the scanner's (file metadata) when known, else the vendor-derived one.
 
     Returns ``(mpp, where it came from)``; warns when both exist and disagree by more than
-    :data:`MPP_TOLERANCE`.
+    :data:`pastflow.contracts.MPP_TOLERANCE`.
     """
     if file_mpp and derived_mpp and abs(file_mpp / derived_mpp - 1) > MPP_TOLERANCE:
         log.warning("%s: the image says %.4f um/px but the %s gives %.4f um/px; using the image's",

@@ -22,7 +22,6 @@ from pastflow.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_SIDE = 8192  # px: larger slides are stored downsampled in the zarr
 CHUNK_PX = 1024
 MIN_SCALE_SIDE = 256  # the multiscale pyramid stops once a level is this small
 TIFF_TILE = 256
@@ -77,7 +76,7 @@ def choose_stored_level(slide: Slide, max_side: int) -> tuple[int, int]:
     return level, math.ceil(max(w, h) / max_side)
 
 
-def he_image_element(slide_path: str | Path, max_side: int = MAX_IMAGE_SIDE, chunk: int = CHUNK_PX):
+def he_image_element(slide_path: str | Path, max_side: int, chunk: int = CHUNK_PX):
     """The H&E at ``slide_path`` as a lazy multiscale image element in ``he_pixels``.
 
     Returns:

@@ -15,13 +15,15 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from pastflow.contracts import MPP_TOLERANCE
 from pastflow.errors import InputError
 from pastflow.ingest.common import SampleParts
 from pastflow.ingest.nuclei import TARGET_MPP, detect_nuclei
+from pastflow.technologies import REGISTRY
 
 log = logging.getLogger(__name__)
 
-CELL_DIAMETER_UM = 10.0
+CELL_DIAMETER_UM = REGISTRY["he_only"].unit_diameter_um
 
 
 def read_he_only(image: str | Path, mpp: float | None = None, *, target_mpp: float = TARGET_MPP,
@@ -36,14 +38,15 @@ def read_he_only(image: str | Path, mpp: float | None = None, *, target_mpp: flo
     image = Path(image)
     with open_slide(image) as slide:
         if slide.mpp:
-            if mpp and abs(mpp / slide.mpp - 1) > 0.1:
-                log.warning("%s: --mpp %.4f ignored, the file says %.4f um/px", image, mpp, slide.mpp)
+            if mpp and abs(mpp / slide.mpp - 1) > MPP_TOLERANCE:
+                log.warning("%s: config ingest.mpp %.4f ignored, the file says %.4f um/px", image, mpp,
+                            slide.mpp)
             mpp_value, mpp_source = slide.mpp, "image metadata"
         elif mpp:
-            mpp_value, mpp_source = float(mpp), "--mpp option"
+            mpp_value, mpp_source = float(mpp), "config ingest.mpp"
         else:
-            raise InputError(image, "the slide records no microns per pixel; give it (pastflow ingest --mpp, "
-                                    "config ingest.mpp)")
+            raise InputError(image, "the slide records no microns per pixel; give it with the "
+                                    "config key ingest.mpp")
         nuclei = detect_nuclei(slide, mpp_value, target_mpp=target_mpp, progress=progress)
     if nuclei.empty:
         raise InputError(image, "no nuclei found on the slide (blank, out of focus, or not an H&E?)")

@@ -34,10 +34,11 @@ from pastflow.ingest.common import (
     fit_affine,
     looks_like_counts,
 )
+from pastflow.technologies import REGISTRY
 
 log = logging.getLogger(__name__)
 
-SPOT_DIAMETER_UM = 100.0
+SPOT_DIAMETER_UM = REGISTRY["legacy_st"].unit_diameter_um
 SPOT_PITCH_UM = 200.0  # centre-to-centre distance of neighbouring array positions
 SELECTION_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
 MAX_FIT_RMS_PITCH = 0.25  # spots further than this (x pitch) off the fitted grid: not an ST array

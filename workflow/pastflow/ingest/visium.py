@@ -32,10 +32,12 @@ from pastflow.ingest.common import (
     in_image,
     looks_like_counts,
 )
+from pastflow.technologies import REGISTRY
 
 log = logging.getLogger(__name__)
 
-SPOT_DIAMETER_UM = 55.0
+SPOT_DIAMETER_UM = REGISTRY["visium"].unit_diameter_um
+ANNDATA_SUFFIXES = (".h5ad", ".h5")  # an AnnData instead of Space Ranger outs/
 # Space Ranger's downsampled images and the scale factor (image px per full-res px) of each.
 DOWNSAMPLED_IMAGES = {"tissue_hires_image": "tissue_hires_scalef",
                       "tissue_lowres_image": "tissue_lowres_scalef"}
@@ -136,16 +138,15 @@ def read_visium_anndata(path: str | Path, image: str | Path, mpp: float | None =
     if those are not raw counts (negative or fractional values) the sample is kept and
     ``uns["pastflow"]["x_is_raw_counts"]`` is False.
     """
-    import anndata as ad
-
     from pastflow.slide import open_slide
+    from pastflow.tables import read_h5ad
 
     path, image = Path(path), Path(image)
     try:
-        adata = ad.read_h5ad(path)
-    except Exception as err:  # h5py / anndata raise many types on a file that is not an AnnData
-        raise InputError(path, f"not a readable AnnData file ({type(err).__name__}: {err}); for Space "
-                               "Ranger output give the outs/ folder") from err
+        adata = read_h5ad(path, "Visium AnnData")
+    except InputError as err:
+        problem = f"{err.problem}; for Space Ranger output give the outs/ folder"
+        raise InputError(path, problem) from err
     if "counts" in adata.layers:
         counts, var, counts_source = adata.layers["counts"], adata.var, "layers['counts']"
     elif adata.raw is not None:

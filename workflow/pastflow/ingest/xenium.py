@@ -34,10 +34,11 @@ from pastflow.ingest.common import (
     check_in_image,
     choose_mpp,
 )
+from pastflow.technologies import REGISTRY
 
 log = logging.getLogger(__name__)
 
-CELL_DIAMETER_UM = 10.0
+CELL_DIAMETER_UM = REGISTRY["xenium"].unit_diameter_um
 KEEP_OBS = ("transcript_counts", "control_probe_counts", "control_codeword_counts", "total_counts",
             "cell_area", "nucleus_area")
 

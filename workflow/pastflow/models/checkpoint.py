@@ -45,7 +45,7 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 OPERATIONAL_KEYS = ("train.checkpoint_every", "train.keep_checkpoints", "train.num_workers",
                     "train.log_every")
 # Filled in from the data at run time; compared separately (the data must yield the same).
-DERIVED_KEYS = ("model.genes", "model.pathways", "model.image_px")
+DERIVED_KEYS = ("model.genes", "model.pathways", "model.image_px", "model.mpp", "model.patch_um")
 
 
 @dataclass

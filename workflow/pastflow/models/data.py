@@ -41,19 +41,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def read_qc_table(path: str | Path):
     """Read a QC AnnData and check it has what training needs; InputError naming what lacks."""
-    import anndata as ad
+    from pastflow.tables import read_h5ad
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "QC table not found")
-    try:
-        adata = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as err:
-        raise InputError(path, f"not a readable AnnData file ({err})") from None
+    adata = read_h5ad(path, "QC table", obs=("cell_id",))
     if "counts" not in adata.layers:
         raise InputError(path, 'no layers["counts"] (raw counts); was it written by pastflow qc?')
-    if "cell_id" not in adata.obs:
-        raise InputError(path, 'no obs["cell_id"]')
     if "highly_variable" not in adata.var:
         raise InputError(path, 'no var["highly_variable"]')
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -262,9 +254,6 @@ class CellDataset(Dataset):
             raise InputError(stores[0], f"the stores have different patch sizes {sorted(sizes)}; "
                                         "set data.patch_px")
         self.patch_px = int(patch_px) if patch_px is not None else sizes.pop()
-        mpps = [float(s.store.mpp) for s in self._samples]
-        if max(mpps) > 1.05 * min(mpps):
-            log.warning("patch stores differ in resolution (%.3f to %.3f um/px)", min(mpps), max(mpps))
         log.info("%d cells from %d samples, %d cohort genes, %d pathways", len(self),
                  len(self._samples), len(self.genes), len(self.pathways))
 
@@ -304,8 +293,7 @@ class CellDataset(Dataset):
         neighbors = np.full((len(rows), self.k_neighbors), -1, np.int64)
         if self.k_neighbors:
             xy = np.asarray(store.xy_level0)[store_rows]
-            slide_mpp = float(store.attrs.get("slide_mpp", store.mpp))
-            local = nearest_neighbors(xy * slide_mpp, self.k_neighbors, radius_um)
+            local = nearest_neighbors(xy * store.slide_mpp, self.k_neighbors, radius_um)
             neighbors = np.where(local >= 0, local + offset, -1)
         log.info("%s: %d cells, %d/%d cohort genes measured, %d/%d pathways scored", name,
                  len(rows), gene_mask.sum(), len(self.genes), pathway_mask.sum(), len(self.pathways))

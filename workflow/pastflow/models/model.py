@@ -60,8 +60,8 @@ class PastModel(nn.Module):
     """Image, expression and pathway encoders aligned in one embedding space.
 
     Args:
-        config: the ``model`` section of a resolved config (:func:`pastflow.models.config.
-            resolve_config`), with ``genes``, ``pathways`` and ``image_px`` filled in.
+        config: the ``model`` section of a resolved config (:func:`pastflow.pretrain.settings.
+            resolve_pretrain_config`), with ``genes``, ``pathways`` and ``image_px`` filled in.
         load_pretrained: read the image encoder's local ``weights`` file, if it has one;
             False when a pastflow checkpoint will supply every tensor.
     """

@@ -39,7 +39,6 @@ from torch.nn.parallel import DistributedDataParallel
 from pastflow.atomic import atomic_path
 from pastflow.errors import InputError
 from pastflow.models import checkpoint as ckpt
-from pastflow.models.config import resolve_config
 from pastflow.models.curves import plot_training_curves
 from pastflow.models.data import ResumableSampler, dataset_from_config, make_loader
 from pastflow.models.distributed import DistContext, init_distributed, shutdown_distributed
@@ -47,6 +46,8 @@ from pastflow.models.model import PastModel
 from pastflow.models.serialize import (optimizer_from_state, optimizer_to_state, rng_from_state,
                                        rng_to_state, scheduler_from_state, scheduler_to_state)
 from pastflow.models.weights import read_state_dict
+from pastflow.pretrain.settings import resolve_pretrain_config
+from pastflow.resolution import check_resolution, training_resolution
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class _Run:
 
 def _prepare_config(config: dict, root: Path) -> tuple[dict, Path | None]:
     """The run's config, or the newest checkpoint's when resuming (after checking they agree)."""
-    config = resolve_config(config)
+    config = resolve_pretrain_config(config)
     latest = ckpt.latest_checkpoint(root)
     if latest is None:
         return config, None
@@ -213,7 +214,8 @@ def pretrain(config: dict, samples: Sequence[tuple[str | Path, str | Path]],
              out_dir: str | Path, *, progress: bool = True) -> TrainResult:
     """Pretrain a :class:`PastModel` on ``samples`` (``(patch store, QC table)`` pairs).
 
-    ``config`` is a user config (merged over :data:`pastflow.models.config.DEFAULTS`). Resumes
+    ``config`` is a ``pretrain`` section (merged over the defaults of
+    :class:`pastflow.pretrain.settings.PretrainSettings`). Resumes
     from ``out_dir/checkpoints`` when it holds a checkpoint of the same config.
 
     Raises:
@@ -236,12 +238,16 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
     stores, tables = [s for s, _ in samples], [t for _, t in samples]
     dataset = dataset_from_config(config, stores, tables)
     model_config = config["model"]
+    # The resolution contract: the stores must agree, and the model records their mpp.
+    mpp, patch_um = training_resolution(stores, dataset.patch_px)
     if latest is None:
         model_config.update(genes=dataset.genes, pathways=dataset.pathways,
-                            image_px=dataset.patch_px)
+                            image_px=dataset.patch_px, mpp=mpp, patch_um=patch_um)
     elif dataset.patch_px != model_config["image_px"]:
         raise InputError(stores[0], f"patches of {dataset.patch_px} px; the checkpoint was "
                                     f"trained on {model_config['image_px']} px")
+    else:
+        check_resolution(model_config, mpp, source=stores[0], model_source=latest)
     # Same initial weights on every rank (DDP also broadcasts rank 0's); then per-rank streams.
     torch.manual_seed(int(config["seed"]))
     # When resuming, the checkpoint holds every tensor: no need to read local foundation weights.

@@ -8,25 +8,3 @@
 - ``tissue.py``: the tissue mask behind the ``in_tissue`` flag; ``resample.py``: seamless
   strip-wise resampling; ``cli.py``: ``pastflow patches``.
 """
-
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
-    "build_patch_store": "pastflow.patches.store",
-    "PatchStoreStats": "pastflow.patches.store",
-    "PatchStore": "pastflow.patches.reader",
-    "export_patches": "pastflow.patches.reader",
-    "export_patches_h5": "pastflow.patches.reader",
-    "save_gallery": "pastflow.patches.gallery",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy, so that `pastflow --help` (which imports pastflow.patches.cli) loads no numpy.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

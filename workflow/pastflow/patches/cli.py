@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pastflow.settings import add_settings_argument
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -14,39 +16,19 @@ def add_parser(subparsers) -> None:
         "patch resolution plus the cell index) and a gallery of sampled patches.",
     )
     parser.add_argument(
-        "--table",
+        "--ingested",
         required=True,
         type=Path,
         help="the ingested sample, results/ingest/{sample}.zarr (only its table is read)",
     )
     parser.add_argument("--out", required=True, type=Path, help="patch store to write (.h5)")
     parser.add_argument("--gallery", type=Path, help="patch gallery to write (.png)")
-    parser.add_argument(
-        "--patch-um",
-        type=float,
-        default=32.0,
-        help="patch side in microns (default 32: cell scale; 112 = 224 px at 0.5)",
-    )
-    parser.add_argument(
-        "--mpp",
-        type=float,
-        default=0.5,
-        help="resolution of the patches in microns per pixel (default 0.5)",
-    )
-    parser.add_argument(
-        "--context-um",
-        type=float,
-        default=0.0,
-        help="side of a larger context patch in microns, 0 = none (default 0)",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="threads decoding slide tiles (default: up to 4)"
-    )
+    add_settings_argument(parser, "patches")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
-def read_cells(table_path: Path):
+def read_cells(ingested: Path):
     """``(cell_ids, xy_px (n, 2), pastflow uns dict)`` from an ingested SpatialData zarr.
 
     Reads only ``obs`` and ``uns`` of ``tables/table``: the count matrix is not needed here.
@@ -58,9 +40,9 @@ def read_cells(table_path: Path):
     from pastflow.contracts import TABLE_KEY
     from pastflow.errors import InputError
 
-    if not table_path.exists():
-        raise InputError(table_path, "ingested sample not found")
-    group_path = table_path / "tables" / TABLE_KEY
+    if not ingested.exists():
+        raise InputError(ingested, "ingested sample not found")
+    group_path = ingested / "tables" / TABLE_KEY
     try:
         group = zarr.open_group(str(group_path), mode="r")
         obs = anndata.io.read_elem(group["obs"])
@@ -80,22 +62,25 @@ def read_cells(table_path: Path):
 
 def run(args: argparse.Namespace) -> None:
     from pastflow.patches.gallery import save_gallery
+    from pastflow.patches.settings import PatchesSettings
     from pastflow.patches.store import build_patch_store
+    from pastflow.settings import load_section
 
-    cell_ids, xy, meta = read_cells(args.table)
+    settings = load_section(PatchesSettings, "patches", args.settings)
+    cell_ids, xy, meta = read_cells(args.ingested)
     build_patch_store(
         meta["slide_path"],
         cell_ids,
         xy,
         args.out,
-        target_mpp=args.mpp,
-        patch_um=args.patch_um,
-        context_um=args.context_um or None,
+        target_mpp=settings.mpp,
+        patch_um=settings.patch_um,
+        context_um=settings.context_um or None,
         slide_mpp=float(meta["mpp"]),
-        cells_path=args.table,
-        workers=args.workers,
+        cells_path=args.ingested,
+        workers=settings.workers,
         progress=not args.no_progress,
     )
     if args.gallery is not None:
-        save_gallery(args.out, args.gallery, title=str(meta.get("sample", args.table.stem)))
+        save_gallery(args.out, args.gallery, title=str(meta.get("sample", args.ingested.stem)))
     # build_patch_store has logged the summary line (cells, bytes per cell, seconds).

@@ -42,9 +42,10 @@ class PatchStore:
     """A patch store opened for reading; torch-free, cheap to pickle.
 
     Everything below is loaded on first use: ``cell_ids`` (str ``(n,)``), ``centers``
-    (``(n, 2)`` ``[x, y]`` in store pixels), ``xy_level0``, ``in_tissue``, ``in_slide``,
-    ``mpp`` (um/px of the patches), ``patch_px``, ``context_px`` (0 = none), ``margin``,
-    ``attrs`` (all root attributes) and ``image``.
+    (``(n, 2)`` ``[x, y]`` in store pixels), ``xy_level0`` (in slide level-0 pixels of
+    ``slide_mpp`` um), ``in_tissue``, ``in_slide``, ``mpp`` (um/px of the patches),
+    ``patch_px``, ``context_px`` (0 = none), ``margin``, ``attrs`` (all root attributes) and
+    ``image``.
     """
 
     def __init__(self, path: str | Path):
@@ -95,6 +96,11 @@ class PatchStore:
     @property
     def mpp(self) -> float:
         return float(self.attrs["mpp"])
+
+    @property
+    def slide_mpp(self) -> float:
+        """Microns per slide level-0 pixel: the unit of ``xy_level0`` (every store has it)."""
+        return float(self.attrs["slide_mpp"])
 
     @property
     def patch_px(self) -> int:

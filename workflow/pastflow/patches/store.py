@@ -24,8 +24,11 @@ File layout (HDF5, ``FORMAT_VERSION`` 1):
 - ``/tissue/thumbnail`` (``uint8 (h, w, 3)``) and ``/tissue/mask`` (``bool (h, w)``), the
   resampled slide reduced by the attribute ``downsample``.
 - Root attributes: ``format_version``, ``mpp`` (of ``/image``), ``target_mpp``, ``patch_px``,
-  ``context_px`` (0 = none), ``margin``, ``source_slide``, ``slide_backend``, ``slide_mpp``,
-  ``level``, ``level_mpp``, ``resampled``.
+  ``patch_um`` (``patch_px x mpp``, the patch side in microns), ``context_px`` (0 = none),
+  ``margin``, ``source_slide``, ``slide_backend``, ``slide_mpp``, ``level``, ``level_mpp``,
+  ``resampled``. ``mpp`` and ``patch_um`` are the resolution contract: a model records the
+  same two (``model.mpp``, ``model.patch_um``) and embed refuses a store that differs from
+  them by more than :data:`pastflow.contracts.MPP_TOLERANCE`.
 
 Coordinates: pixel centres sit at integer coordinates (array-index convention), so level-0
 ``x`` maps to ``(x + 0.5) * scale - 0.5`` in a level ``scale`` times as large.
@@ -44,6 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from pastflow.atomic import atomic_path
+from pastflow.contracts import LEVEL_MPP_TOLERANCE, MPP_TOLERANCE
 from pastflow.errors import InputError
 from pastflow.patches.planar_writer import PlanarImageWriter
 from pastflow.patches.resample import resample_strips
@@ -53,10 +57,6 @@ from pastflow.slide import Slide, level_for_mpp, open_slide
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DEFAULT_PATCH_PX = 224
-# A pyramid level within 2% of the target resolution is used as it is: resampling it would
-# blur every pixel for a scale change smaller than a pixel across a patch.
-MPP_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -139,8 +139,8 @@ def build_patch_store(
         xy_px: ``float (n, 2)`` cell (or spot) centres ``[x, y]`` in slide level-0 pixels.
         out_path: the ``.h5`` file to write.
         target_mpp: microns per pixel of the patches.
-        patch_px: patch side in pixels at ``target_mpp``; or give ``patch_um`` (microns);
-            224 px when neither is given.
+        patch_px: patch side in pixels at ``target_mpp``; or give ``patch_um`` (microns)
+            (one of them is required).
         context_px: side of an optional larger context patch around each cell, same resolution;
             or give ``context_um`` (microns).
         slide_mpp: microns per level-0 pixel; overrides the file's own (needed for JPEG/PNG).
@@ -260,14 +260,15 @@ def plan_store(
         raise InputError(
             slide.path, "no microns-per-pixel in the file and none given " "(set the sample's mpp)"
         )
-    if slide_mpp is not None and slide.mpp is not None and abs(slide_mpp / slide.mpp - 1) > 0.05:
+    given, recorded = slide_mpp, slide.mpp
+    if given is not None and recorded is not None and abs(given / recorded - 1) > MPP_TOLERANCE:
         log.warning(
             "%s: using the given %.4f um/px, the file says %.4f", slide.path, slide_mpp, slide.mpp
         )
-    level = level_for_mpp(slide, target_mpp, mpp0, tolerance=MPP_TOLERANCE)
+    level = level_for_mpp(slide, target_mpp, mpp0, tolerance=LEVEL_MPP_TOLERANCE)
     level_mpp = slide.level_mpp(level, mpp0)
     level_w, level_h = slide.level_dimensions[level]
-    if abs(level_mpp / target_mpp - 1) <= MPP_TOLERANCE:
+    if abs(level_mpp / target_mpp - 1) <= LEVEL_MPP_TOLERANCE:
         image_w, image_h, mpp = level_w, level_h, level_mpp
     else:
         if level_mpp > target_mpp:
@@ -283,7 +284,9 @@ def plan_store(
         mpp = level_mpp * (level_w / image_w + level_h / image_h) / 2
     if patch_um is not None:
         patch_px = round(patch_um / mpp)
-    patch_px = DEFAULT_PATCH_PX if patch_px is None else int(patch_px)
+    if patch_px is None:
+        raise ValueError("give patch_px or patch_um")
+    patch_px = int(patch_px)
     if context_um:
         context_px = round(context_um / mpp)
     context_px = int(context_px or 0)
@@ -373,6 +376,7 @@ def _create_layout(
             mpp=geometry.mpp,
             target_mpp=target_mpp,
             patch_px=geometry.patch_px,
+            patch_um=geometry.patch_px * geometry.mpp,
             context_px=geometry.context_px,
             margin=geometry.margin,
             source_slide=str(slide.path.resolve()),

@@ -6,32 +6,8 @@
 - ``ridge.py``: the HEST-Benchmark probe (standardise, PCA 256, ridge);
 - ``evaluate.py``: the four methods (trained head, HEST probe on trained and on random
   embeddings, mean expression) on arrays, and leave-one-patient-out;
-- ``cohort.py``: :func:`evaluate_cohort` on files (tables and figures); ``plots.py``: the
-  figures; ``cli.py``: ``pastflow predict`` and ``pastflow evaluate``.
+- ``cohort.py``: :func:`evaluate_cohort` (test samples: tables and figures) and
+  :func:`evaluate_lopo` (leave-one-patient-out) on files; ``plots.py``: the figures;
+- ``settings.py``: config sections ``predict`` and ``evaluate``;
+- ``cli.py``: ``pastflow predict``, ``pastflow evaluate`` and ``pastflow evaluate-lopo``.
 """
-
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
-    "predict_log_expression": "pastflow.predict.head",
-    "predict_sample": "pastflow.predict.sample",
-    "pearson_per_gene": "pastflow.predict.metrics",
-    "most_variable_genes": "pastflow.predict.metrics",
-    "fit_hest_ridge": "pastflow.predict.ridge",
-    "evaluate_sample": "pastflow.predict.evaluate",
-    "evaluate_leave_one_patient_out": "pastflow.predict.evaluate",
-    "evaluate_cohort": "pastflow.predict.cohort",
-    "plot_per_gene": "pastflow.predict.plots",
-    "plot_marker_maps": "pastflow.predict.plots",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy, so that `pastflow --help` (which imports pastflow.predict.cli) loads no torch.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

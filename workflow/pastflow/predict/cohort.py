@@ -1,15 +1,19 @@
-"""The evaluate stage on files: read the cohort's tables, score, write tables and figures.
+"""The evaluate stages on files: read the cohort's tables, score, write tables and figures.
 
-Outputs (each written atomically):
+:func:`evaluate_cohort` (``pastflow evaluate``) scores the test samples and writes (each
+atomically):
 
 - ``metrics.tsv``: one row per test sample and method: ``sample``, ``method``,
   ``mean_pearson_50`` (mean r over the 50 most variable genes of the sample), then
   ``n_genes``, ``mean_pearson_markers``, ``n_cells``, ``n_train_cells``;
 - ``per_gene.tsv``: ``sample``, ``method``, ``gene``, ``pearson_r``, ``variance_rank``,
   ``top``, ``marker``;
-- ``lopo.tsv``: leave-one-patient-out on the training samples
-  (:func:`~pastflow.predict.evaluate.evaluate_leave_one_patient_out`);
-- ``figures/{sample}/per_gene.png`` and ``figures/{sample}/maps.png`` per test sample.
+- ``figures/{sample}/per_gene.png`` and ``figures/{sample}/maps.png`` per test sample (the
+  first ``evaluate.figure_samples``).
+
+:func:`evaluate_lopo` (``pastflow evaluate-lopo``) writes ``lopo.tsv``: leave-one-patient-out
+on the training samples (:func:`~pastflow.predict.evaluate.evaluate_leave_one_patient_out`),
+which needs no test sample.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import anndata as ad
 import pandas as pd
 
 from pastflow.atomic import atomic_path
@@ -28,8 +31,9 @@ from pastflow.errors import InputError
 from pastflow.models.data import read_qc_table
 from pastflow.predict.evaluate import (METHODS, MeasuredSample, evaluate_leave_one_patient_out,
                                        evaluate_sample, join_measured, summarise)
-from pastflow.predict.ridge import HEST_COMPONENTS
 from pastflow.predict.sample import read_embedding
+from pastflow.predict.settings import EvaluateSettings
+from pastflow.tables import read_h5ad
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,6 @@ class EvaluationFiles:
 
     metrics: Path
     per_gene: Path
-    lopo: Path
     figures: Path
 
 
@@ -63,26 +66,23 @@ def read_measured(embedding_path: str | Path, table_path: str | Path) -> Measure
 
 def read_head(path: str | Path) -> pd.DataFrame:
     """A predict-stage table as a frame: cells (cell ids) x model genes."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "prediction table not found")
-    table = ad.read_h5ad(path)
+    table = read_h5ad(path, "prediction table", obs=("cell_id",))
     return pd.DataFrame(table.X, index=table.obs["cell_id"].astype(str).to_numpy(),
                         columns=list(table.var_names))
 
 
 def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple[str, str]],
-                    out: EvaluationFiles, *, markers: Sequence[str] = (), n_genes: int = 50,
-                    n_components: int = HEST_COMPONENTS, seed: int = 0,
-                    figure_samples: int | None = None, progress: bool = True) -> pd.DataFrame:
+                    out: EvaluationFiles, settings: EvaluateSettings, *,
+                    progress: bool = True) -> pd.DataFrame:
     """Evaluate every test sample and write ``out``; returns the metrics table.
 
     Args:
         tests: per test sample ``(embedding table, QC table, prediction table)``.
         train: per training sample ``(embedding table, QC table)``.
-        figure_samples: draw figures for the first this many test samples only (``None``:
-            all). Drawing costs ~3 s a sample, three times the scoring; a cohort of many
-            small test slides is scored in full and illustrated by a few.
+        settings: config section ``evaluate``. Figures are drawn for the first
+            ``figure_samples`` test samples only: drawing costs ~3 s a sample, three times
+            the scoring; a cohort of many small test slides is scored in full and
+            illustrated by a few.
 
     Raises:
         InputError: no test or training sample; an unreadable or mismatched table.
@@ -97,42 +97,69 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
     start = time.perf_counter()
     training = [read_measured(e, t) for e, t in train]
     n_train = sum(len(s) for s in training)
-    metrics, per_gene_frames, model_genes = [], [], None
+    metrics, per_gene_frames = [], []
+    markers = list(settings.markers)
     out.figures.mkdir(parents=True, exist_ok=True)
     for index, (embedding_path, table_path, prediction_path) in enumerate(
             tqdm(tests, desc="evaluate", unit="sample", disable=not progress)):
         test = read_measured(embedding_path, table_path)
         head = read_head(prediction_path)
-        model_genes = list(head.columns)
         try:
-            per_gene, predictions, genes = evaluate_sample(
-                test, training, head, n_genes=n_genes, markers=markers,
-                n_components=n_components, seed=seed)
+            per_gene, predictions, genes = evaluate_sample(test, training, head, settings)
         except ValueError as err:
             raise InputError(prediction_path, str(err)) from None
         summary = summarise(per_gene).assign(sample=test.name, n_cells=len(test),
                                              n_train_cells=n_train)
         metrics.append(summary)
         per_gene_frames.append(per_gene.assign(sample=test.name))
-        if figure_samples is None or index < figure_samples:
+        if index < settings.figure_samples:
             _draw(test, per_gene, predictions, genes, markers, out.figures)
         for row in summary.itertuples():
             log.info("%s %-15s mean r over %d genes %.3f (markers %.3f)", test.name, row.method,
                      row.n_genes, row.mean_pearson_50, row.mean_pearson_markers)
-    lopo = evaluate_leave_one_patient_out(training, model_genes, n_genes=n_genes,
-                                          n_components=n_components, seed=seed)
     metrics_table = pd.concat(metrics, ignore_index=True)[
         ["sample", "method", "mean_pearson_50", "n_genes", "mean_pearson_markers", "n_cells",
          "n_train_cells"]]
     per_gene_table = pd.concat(per_gene_frames, ignore_index=True)[
         ["sample", "method", "gene", "pearson_r", "variance_rank", "top", "marker"]]
-    for frame, path in ((metrics_table, out.metrics), (per_gene_table, out.per_gene),
-                        (lopo, out.lopo)):
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    for frame, path in ((metrics_table, out.metrics), (per_gene_table, out.per_gene)):
+        _write_tsv(frame, path)
     log.info("evaluated %d test samples against %d training cells in %.1f s", len(tests),
              n_train, time.perf_counter() - start)
     return metrics_table
+
+
+def evaluate_lopo(train: Sequence[tuple[str, str]], model_dir: str | Path, out: str | Path,
+                  settings: EvaluateSettings) -> pd.DataFrame:
+    """Leave-one-patient-out on the training samples (``(embedding table, QC table)`` each),
+    over the genes of the model in checkpoint directory ``model_dir``; writes ``out``
+    (atomically; empty, with its columns, when the samples come from one patient) and
+    returns the table.
+
+    Raises:
+        InputError: no training sample; an unreadable or mismatched table or model.
+    """
+    from pastflow.models.checkpoint import CONFIG_FILE, read_checkpoint_config
+
+    if not train:
+        raise InputError(None, "no training sample with measured expression: "
+                               "leave-one-patient-out needs them")
+    start = time.perf_counter()
+    genes = read_checkpoint_config(model_dir)["config"]["model"].get("genes")
+    if not genes:
+        raise InputError(Path(model_dir) / CONFIG_FILE, "the model records no genes "
+                                                         "(model.genes)")
+    training = [read_measured(e, t) for e, t in train]
+    lopo = evaluate_leave_one_patient_out(training, list(genes), settings)
+    _write_tsv(lopo, out)
+    log.info("leave-one-patient-out over %d training samples (%d patients) in %.1f s",
+             len(training), len({s.patient for s in training}), time.perf_counter() - start)
+    return lopo
+
+
+def _write_tsv(frame: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
 
 
 def _draw(test: MeasuredSample, per_gene: pd.DataFrame, predictions: dict, genes: list[str],
@@ -159,4 +186,5 @@ def _draw(test: MeasuredSample, per_gene: pd.DataFrame, predictions: dict, genes
                                folder / "maps.png"))
 
 
-__all__ = ["EvaluationFiles", "evaluate_cohort", "read_measured", "read_head", "METHODS"]
+__all__ = ["EvaluationFiles", "evaluate_cohort", "evaluate_lopo", "read_measured",
+           "read_head", "METHODS"]

@@ -11,9 +11,10 @@ For every test sample with measured expression, over the same genes:
   is constant, so its r is 0 by the convention of :mod:`pastflow.predict.metrics`.
 
 Genes: the candidates are the model's genes that the test sample and every training sample
-measure; the score of a method is the mean r over the ``n_genes`` (50) candidates of highest
-variance of the *test sample's* measured log-expression. Marker genes are scored too (flagged
-in the per-gene table) whether or not they are among those 50.
+measure; the score of a method is the mean r over the ``evaluate.n_genes`` (50) candidates of
+highest variance of the *test sample's* measured log-expression. Marker genes
+(``evaluate.markers``) are scored too (flagged in the per-gene table) whether or not they are
+among those 50.
 
 With training samples from several patients, the probe methods are also scored
 leave-one-patient-out on the training set (:func:`evaluate_leave_one_patient_out`). The
@@ -34,7 +35,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pastflow.predict.metrics import most_variable_genes, pearson_per_gene
-from pastflow.predict.ridge import HEST_COMPONENTS, fit_hest_ridge
+from pastflow.predict.ridge import fit_hest_ridge
+from pastflow.predict.settings import EvaluateSettings
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,8 @@ def score_genes(test: MeasuredSample, genes: Sequence[str],
 
 
 def probe_predictions(train: Sequence[MeasuredSample], test: MeasuredSample,
-                      genes: Sequence[str], *, n_components: int = HEST_COMPONENTS,
-                      seed: int = 0) -> dict[str, np.ndarray]:
+                      genes: Sequence[str], *, n_components: int,
+                      seed: int) -> dict[str, np.ndarray]:
     """``pastflow_ridge``, ``random_encoder`` and ``mean_baseline`` predictions for ``test``
     from the training samples' cells: each ``(len(test), len(genes))``."""
     target = np.concatenate([s.columns(genes) for s in train])
@@ -121,15 +123,15 @@ def probe_predictions(train: Sequence[MeasuredSample], test: MeasuredSample,
 
 
 def evaluate_sample(test: MeasuredSample, train: Sequence[MeasuredSample],
-                    head: pd.DataFrame, *, n_genes: int = 50,
-                    markers: Sequence[str] = (), n_components: int = HEST_COMPONENTS,
-                    seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[str]]:
+                    head: pd.DataFrame, settings: EvaluateSettings
+                    ) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[str]]:
     """Score the four methods on one test sample.
 
     Args:
         head: the trained head's predictions, cells x model genes (rows indexed by cell id,
             at least the test sample's measured cells).
-        markers: genes also scored (and flagged) when they are candidates.
+        settings: ``n_genes`` scored, ``markers`` (also scored and flagged when they are
+            candidates), ``pca_components`` and ``seed`` of the probe.
 
     Returns:
         ``(per_gene, predictions, scored_genes)``: the long table (``method, gene, pearson_r,
@@ -141,6 +143,7 @@ def evaluate_sample(test: MeasuredSample, train: Sequence[MeasuredSample],
     if not candidates:
         raise ValueError(f"{test.name}: no gene is measured in it, in every training sample and "
                          "by the model")
+    n_genes, markers = settings.n_genes, list(settings.markers)
     top = most_variable_genes(test.columns(candidates), candidates, n_genes)
     extra = [g for g in markers if g in candidates and g not in top]
     genes = top + extra
@@ -149,8 +152,9 @@ def evaluate_sample(test: MeasuredSample, train: Sequence[MeasuredSample],
         raise ValueError(f"{test.name}: {len(missing)} measured cells have no head prediction "
                          f"(first {missing[0]!r})")
     predictions = {"pastflow_head": head.loc[test.cell_ids, genes].to_numpy(np.float64)}
-    predictions.update(probe_predictions(train, test, genes, n_components=n_components,
-                                         seed=seed))
+    predictions.update(probe_predictions(train, test, genes,
+                                         n_components=settings.pca_components,
+                                         seed=settings.seed))
     per_gene = score_genes(test, genes, {m: predictions[m] for m in METHODS})
     rank = {g: i + 1 for i, g in enumerate(top)}
     per_gene["variance_rank"] = per_gene["gene"].map(rank).fillna(0).astype(int)
@@ -176,9 +180,9 @@ def summarise(per_gene: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate_leave_one_patient_out(samples: Sequence[MeasuredSample], model_genes: Sequence[str],
-                                   *, n_genes: int = 50, n_components: int = HEST_COMPONENTS,
-                                   seed: int = 0) -> pd.DataFrame:
-    """The probe methods and the mean baseline, each training patient held out in turn.
+                                   settings: EvaluateSettings) -> pd.DataFrame:
+    """The probe methods and the mean baseline, each training patient held out in turn
+    (``settings``: ``n_genes`` scored, ``pca_components`` and ``seed`` of the probe).
 
     Returns one row per held-out patient and method: ``patient``, ``method``,
     ``mean_pearson_50``, ``n_genes``, ``n_cells``, ``n_train_cells``; empty (with those
@@ -200,9 +204,9 @@ def evaluate_leave_one_patient_out(samples: Sequence[MeasuredSample], model_gene
         if not genes:
             log.warning("leave-one-patient-out: patient %s shares no gene with the others", patient)
             continue
-        top = most_variable_genes(pooled.columns(genes), genes, n_genes)
-        scores = score_genes(pooled, top, probe_predictions(rest, pooled, top,
-                                                           n_components=n_components, seed=seed))
+        top = most_variable_genes(pooled.columns(genes), genes, settings.n_genes)
+        scores = score_genes(pooled, top, probe_predictions(
+            rest, pooled, top, n_components=settings.pca_components, seed=settings.seed))
         n_train = sum(len(s) for s in rest)
         for method, part in scores.groupby("method", sort=False):
             rows.append({"patient": patient, "method": method,

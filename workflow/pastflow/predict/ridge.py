@@ -18,6 +18,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# HEST's PCA width; config evaluate.pca_components defaults to it.
 HEST_COMPONENTS = 256
 
 
@@ -34,7 +35,7 @@ class RidgeProbe:
 
 
 def fit_hest_ridge(embeddings: np.ndarray, expression: np.ndarray, *,
-                   n_components: int = HEST_COMPONENTS, seed: int = 0) -> RidgeProbe:
+                   n_components: int, seed: int) -> RidgeProbe:
     """Fit the probe on training cells: ``embeddings (n, D)`` -> ``expression (n, G)``.
 
     ``n_components`` is capped at ``min(D, n - 1)``: PCA cannot return more components than

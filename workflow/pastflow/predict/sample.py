@@ -4,6 +4,9 @@ Rows are the rows of the sample's embedding table (every in-slide cell, ``obs`` 
 columns the model's cohort genes; ``X`` ``float32`` the predicted log1p-normalised expression
 (:mod:`pastflow.predict.head`). ``uns["pastflow_predict"]``: the model, its likelihood and the
 ``target_sum`` used (count likelihoods) and where it came from.
+
+The embedding table must come from a patch store at the model's resolution (its
+``uns["pastflow_embed"]["store_mpp"]``, :mod:`pastflow.resolution`).
 """
 
 from __future__ import annotations
@@ -17,47 +20,51 @@ import numpy as np
 import pandas as pd
 
 from pastflow.atomic import atomic_path
+from pastflow.resolution import check_resolution
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.data import read_qc_table
 from pastflow.predict.head import cohort_library, predict_log_expression
+from pastflow.predict.settings import PredictSettings
+from pastflow.tables import read_h5ad
 
 log = logging.getLogger(__name__)
 
+# The library scale of count-likelihood predictions when neither predict.target_sum nor a
+# QC table gives one (predict.target_sum's documented fallback).
 DEFAULT_TARGET_SUM = 1e4
 
 
 def read_embedding(path: str | Path) -> ad.AnnData:
     """An embed-stage table; InputError naming the file when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "embedding table not found")
-    try:
-        table = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as err:
-        raise InputError(path, f"not a readable AnnData file ({err})") from None
+    table = read_h5ad(path, "embedding table")
     for key in ("X_image", "X_image_random"):
         if key not in table.obsm:
             raise InputError(path, f'no obsm["{key}"]; was it written by pastflow embed?')
     return table
 
 
-def predict_sample(model_dir: str | Path, embedding_path: str | Path, out_path: str | Path, *,
-                   table_path: str | Path | None = None,
-                   target_sum: float | None = None) -> ad.AnnData:
+def predict_sample(model_dir: str | Path, embedding_path: str | Path, out_path: str | Path,
+                   settings: PredictSettings, *,
+                   table_path: str | Path | None = None) -> ad.AnnData:
     """Predict every cell's expression from its image embedding and write it (atomically).
 
     Count-likelihood models (nb, poisson) need the library the cohort genes hold after
-    normalisation: ``target_sum`` when given, else measured on the sample's QC table
+    normalisation: ``settings.target_sum`` when set, else measured on the sample's QC table
     ``table_path`` (:func:`~pastflow.predict.head.cohort_library`), else 10,000.
 
     Raises:
-        InputError: unreadable inputs; a model without an expression head.
+        InputError: unreadable inputs; embeddings of a patch store at another resolution
+            than the model's; a model without an expression head.
     """
     start = time.perf_counter()
+    target_sum = settings.target_sum
     checkpoint = load_checkpoint(model_dir)
     model = checkpoint.model
     embedding = read_embedding(embedding_path)
+    store_mpp = embedding.uns.get("pastflow_embed", {}).get("store_mpp")
+    check_resolution(checkpoint.config["model"], store_mpp, source=embedding_path,
+                     model_source=model_dir, what="embeddings of patches")
     source = "none (mse: log1p predicted directly)"
     if model.likelihood != "mse" and target_sum is None:
         if table_path is not None:
@@ -71,7 +78,7 @@ def predict_sample(model_dir: str | Path, embedding_path: str | Path, out_path: 
             log.warning("%s: no QC table; %s predictions put on the CP10k scale",
                         embedding_path, model.likelihood)
     elif target_sum is not None:
-        source = "given"
+        source = "predict.target_sum"
     predicted = predict_log_expression(model, embedding.obsm["X_image"], target_sum)
     obs = embedding.obs.copy()
     table = ad.AnnData(predicted, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))

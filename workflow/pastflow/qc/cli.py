@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from pastflow.settings import add_settings_argument
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("qc", help="scanpy QC of one ingested sample")
-    p.add_argument("--table", required=True, help="ingested SpatialData zarr (results/ingest/S.zarr)")
+    p.add_argument("--ingested", required=True,
+                   help="ingested SpatialData zarr (results/ingest/S.zarr)")
     p.add_argument("--out", required=True, help="filtered, normalised AnnData (.h5ad)")
     p.add_argument("--fig-distributions", required=True, help="PNG: counts/genes per cell")
     p.add_argument("--fig-spatial", required=True, help="PNG: counts over the H&E thumbnail")
-    p.add_argument("--min-counts", type=int, default=10)
-    p.add_argument("--min-genes", type=int, default=5)
-    p.add_argument("--min-cells", type=int, default=3)
-    p.add_argument("--n-top-genes", type=int, default=200)
+    add_settings_argument(p, "qc")
     p.set_defaults(func=run)
 
 
@@ -23,15 +23,18 @@ def run(args) -> None:
     import scanpy as sc
 
     from pastflow.atomic import atomic_outputs
-    from pastflow.qc import QCThresholds, plot_qc_distributions, plot_qc_spatial, run_qc
+    from pastflow.qc.filter import run_qc
+    from pastflow.qc.plots import plot_qc_distributions, plot_qc_spatial
+    from pastflow.qc.settings import QCSettings
+    from pastflow.settings import load_section
     from pastflow.tables import read_ingested_table
     from pastflow.thumbnail import read_thumbnail
 
     start = time.perf_counter()
-    raw = read_ingested_table(args.table)
+    thresholds = load_section(QCSettings, "qc", args.settings)
+    raw = read_ingested_table(args.ingested)
     sample = raw.uns["pastflow"]["sample"]
-    thresholds = QCThresholds(args.min_counts, args.min_genes, args.min_cells, args.n_top_genes)
-    adata = run_qc(raw, thresholds, source=args.table)
+    adata = run_qc(raw, thresholds, source=args.ingested)
     sc.pp.calculate_qc_metrics(raw, percent_top=None, log1p=False, inplace=True)
     thumb, downsample = read_thumbnail(raw.uns["pastflow"]["slide_path"])
     # zarr lists a group's members in the order its concurrent reads complete, so the uns read

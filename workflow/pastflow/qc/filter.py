@@ -8,7 +8,6 @@ median library size, ``var["highly_variable"]`` and the QC metrics in ``obs``/``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import anndata as ad
@@ -17,16 +16,9 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from pastflow.errors import InputError
+from pastflow.qc.settings import QCSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class QCThresholds:
-    min_counts: int = 10   # total counts per cell
-    min_genes: int = 5     # detected genes per cell
-    min_cells: int = 3     # cells in which a gene must be detected
-    n_top_genes: int = 200
 
 
 def _check_counts(adata: ad.AnnData, source: str) -> None:
@@ -37,7 +29,7 @@ def _check_counts(adata: ad.AnnData, source: str) -> None:
         raise InputError(source, "negative counts")
 
 
-def run_qc(adata: ad.AnnData, thresholds: QCThresholds = QCThresholds(),
+def run_qc(adata: ad.AnnData, thresholds: QCSettings = QCSettings(),
            source: str = "table") -> ad.AnnData:
     """Return a filtered, normalised copy of ``adata`` (cells x genes, raw counts in ``X``).
 
@@ -74,7 +66,7 @@ def run_qc(adata: ad.AnnData, thresholds: QCThresholds = QCThresholds(),
     sc.pp.log1p(adata)
     adata.uns.setdefault("pastflow", {})
     adata.uns["pastflow"]["qc"] = {
-        **asdict(thresholds),
+        **thresholds.to_dict(),
         "cells_in": n_cells_in, "cells_out": adata.n_obs,
         "genes_in": n_genes_in, "genes_out": adata.n_vars,
     }

@@ -9,10 +9,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pastflow.qc.filter import QCThresholds  # noqa: E402
+from pastflow.qc.settings import QCSettings  # noqa: E402
 
 
-def plot_qc_distributions(raw: ad.AnnData, thresholds: QCThresholds, sample: str, path) -> None:
+def plot_qc_distributions(raw: ad.AnnData, thresholds: QCSettings, sample: str, path) -> None:
     """Histograms of total counts and detected genes per cell, thresholds marked.
 
     ``raw`` is the unfiltered table with ``calculate_qc_metrics`` columns in ``obs``.

@@ -11,8 +11,3 @@ Modules: ``clinical`` (patient biology, hazard, survival), ``genes`` (the panel)
 ``tenx`` (10x HDF5 and ids), ``xenium``, ``visium``, ``visium_hd``, ``spaceranger``,
 ``slide`` (one section), ``cohort`` (entry points), ``cli``.
 """
-
-from pastflow.simulate.clinical import patient_parameters, simulate_clinical
-from pastflow.simulate.cohort import simulate_sample, write_benchmark_slide
-
-__all__ = ["patient_parameters", "simulate_clinical", "simulate_sample", "write_benchmark_slide"]

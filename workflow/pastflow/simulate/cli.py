@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import argparse
 
+from pastflow.settings import add_settings_argument
+from pastflow.technologies import SIMULATED as SIMULATED_TECHNOLOGIES
+
+
+def _settings(args: argparse.Namespace):
+    from pastflow.settings import load_section
+    from pastflow.simulate.settings import SimulateSettings
+
+    return load_section(SimulateSettings, "simulate", args.settings)
+
 
 def _sample(args: argparse.Namespace) -> None:
     from pastflow.simulate.cohort import simulate_sample
 
-    simulate_sample(args.out, args.sample, args.patient, args.technology, n_cells=args.n_cells,
-                    seed=args.seed, mpp=args.mpp, n_genes=args.n_genes, cohort_seed=args.cohort_seed,
-                    dispersion=args.dispersion, progress=not args.no_progress)
+    simulate_sample(args.out, args.sample, args.patient, args.technology, seed=args.seed,
+                    settings=_settings(args), progress=not args.no_progress)
 
 
 def _clinical(args: argparse.Namespace) -> None:
     from pastflow.simulate.clinical import simulate_clinical
 
-    simulate_clinical(args.out, args.patients, cohort_seed=args.cohort_seed)
+    simulate_clinical(args.out, args.patients, cohort_seed=_settings(args).cohort_seed)
 
 
 def _bench_slide(args: argparse.Namespace) -> None:
@@ -35,20 +44,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (the sample goes to OUT/SAMPLE)")
     p.add_argument("--sample", required=True)
     p.add_argument("--patient", required=True)
-    p.add_argument("--technology", required=True, choices=("xenium", "visium", "visium_hd", "he_only"))
-    p.add_argument("--n-cells", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0, help="section seed (combined with the sample id)")
-    p.add_argument("--mpp", type=float, default=0.25, help="H&E microns per level-0 pixel")
-    p.add_argument("--n-genes", type=int, default=300)
-    p.add_argument("--cohort-seed", type=int, default=0, help="seeds patient biology and outcomes")
-    p.add_argument("--dispersion", type=float, default=0.1, help="negative-binomial overdispersion")
+    p.add_argument("--technology", required=True, choices=SIMULATED_TECHNOLOGIES)
+    p.add_argument("--seed", type=int, default=0,
+                   help="section seed (combined with the sample id; the workflow gives the "
+                        "sample's row number)")
+    add_settings_argument(p, "simulate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("clinical", help="OUT/clinical.tsv and OUT/truth_hazard.tsv for patients")
     p.add_argument("--out", required=True)
     p.add_argument("--patients", required=True, nargs="+", metavar="PATIENT")
-    p.add_argument("--cohort-seed", type=int, default=0)
+    add_settings_argument(p, "simulate")
     p.set_defaults(func=_clinical)
 
     p = sub.add_parser("bench-slide", help="large H&E-only benchmark slide + cell table")

@@ -28,10 +28,11 @@ from pastflow.errors import InputError
 from pastflow.simulate.genes import REQUIRED_MARKERS
 from pastflow.simulate.slide import SimulatedSlide, simulate_slide
 from pastflow.simulate.tiff import write_pyramid
+from pastflow.simulate.settings import SimulateSettings
+from pastflow.technologies import SIMULATED as SIMULATED_TECHNOLOGIES
 
 log = logging.getLogger(__name__)
 
-SIMULATED_TECHNOLOGIES = ("xenium", "visium", "visium_hd", "he_only")
 # Mean transcripts per cell (panel genes) by technology.
 LIBRARY_SIZE = {"xenium": 200.0, "visium": 300.0, "visium_hd": 300.0}
 # Tissue rotation on the H&E (degrees), by technology: post-Xenium H&E is re-imaged on another
@@ -109,24 +110,26 @@ def write_truth(truth_dir: Path, slide: SimulatedSlide, technology: str, sheet: 
     (truth_dir / "sample.json").write_text(json.dumps(meta, indent=2))
 
 
-def simulate_sample(out_dir: str | Path, sample: str, patient: str, technology: str, n_cells: int = 2000,
-                    seed: int = 0, mpp: float = 0.25, n_genes: int = 300, cohort_seed: int = 0, *,
-                    dispersion: float = 0.1, progress: bool = True) -> Path:
+def simulate_sample(out_dir: str | Path, sample: str, patient: str, technology: str,
+                    n_cells: int | None = None, seed: int = 0, *,
+                    settings: SimulateSettings = SimulateSettings(),
+                    progress: bool = True) -> Path:
     """Simulate one sample of ``patient`` in ``technology``'s vendor format into ``out_dir/sample``.
 
     The folder is built under a temporary name and renamed when complete. ``seed`` and the
-    sample name seed the section; ``cohort_seed`` and the patient id seed the patient's
-    biology (shared by all the patient's samples). ``dispersion``: negative-binomial
-    overdispersion of the counts. Returns ``out_dir/sample``.
+    sample name seed the section; ``settings.cohort_seed`` and the patient id seed the
+    patient's biology (shared by all the patient's samples). ``n_cells`` None: the count
+    ``settings.n_cells`` gives this sample. Returns ``out_dir/sample``.
     """
     from pastflow.simulate.visium import write_visium
     from pastflow.simulate.visium_hd import write_visium_hd
     from pastflow.simulate.xenium import write_xenium
 
     out_dir = Path(out_dir)
+    n_cells = settings.cells_for(sample) if n_cells is None else n_cells
+    mpp, n_genes, cohort_seed = settings.mpp, settings.n_genes, settings.cohort_seed
+    dispersion = settings.dispersion
     _check_args(out_dir, sample, patient, technology, n_cells, mpp, n_genes)
-    if dispersion < 0:
-        raise InputError(out_dir, f"dispersion must be >= 0, got {dispersion}")
     start = time.perf_counter()
     slide = simulate_slide(sample, patient, n_cells, seed=seed, mpp=mpp, n_genes=n_genes,
                            cohort_seed=cohort_seed, rotation_deg=ROTATION_DEG[technology])

@@ -5,7 +5,9 @@
 - ``score.py``: binning, region grid, H-scores;
 - ``deconvolve.py``: colour deconvolution (scikit-image) and the DAB pixel H-score;
 - ``render.py``: the virtual stain (hematoxylin + Beer-Lambert DAB per cell), tile by tile;
-- ``pyramid.py``: tiled pyramidal TIFF output; ``sample.py``: one sample end to end;
+- ``pyramid.py``: tiled pyramidal TIFF output; ``sample.py``: one sample's levels and H-scores
+  (``pastflow stain``); ``images.py``: its virtual stains and thumbnails, drawn from those
+  levels (``pastflow stain-images``); ``settings.py``: config section ``stain``;
 - ``agreement.py``: predicted vs measured H-scores; ``plots.py``: figures; ``io.py``: reading
   the prediction and QC tables; ``cli.py``.
 """

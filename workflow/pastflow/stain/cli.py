@@ -1,17 +1,30 @@
-"""``pastflow stain-calibrate`` (cohort), ``pastflow stain`` (one sample) and
-``pastflow stain-agreement`` (held-out cohort).
+"""``pastflow stain-calibrate`` (cohort), ``pastflow stain`` and ``pastflow stain-images``
+(one sample) and ``pastflow stain-agreement`` (held-out cohort).
 
-    pastflow stain-calibrate --tables results/qc/S1.h5ad ... [--panel P.yaml] --out cutoffs.tsv
+    pastflow stain-calibrate --tables results/qc/S1.h5ad ... [--panel P.yaml] \\
+        [--settings results/settings/stain.json] --out cutoffs.tsv
     pastflow stain --prediction results/predict/S.h5ad --store results/patches/S.h5 \\
-        --cutoffs cutoffs.tsv [--table results/qc/S.h5ad] [--images Ki67 CD3] --out-dir DIR
+        --cutoffs cutoffs.tsv [--table results/qc/S.h5ad] [--panel P.yaml] \\
+        [--regions R.tsv] [--settings results/settings/stain.json] --out-dir DIR
+    pastflow stain-images --cells DIR/cells.tsv.gz --hscores DIR/hscores.tsv \\
+        --store results/patches/S.h5 [--table results/qc/S.h5ad] [--panel P.yaml] \\
+        [--regions R.tsv] [--settings results/settings/stain.json] --out-dir DIR
     pastflow stain-agreement --hscores DIR1/hscores.tsv ... --out hscore_agreement.tsv \\
         --details D.tsv --bland-altman BA.png --scatter S.png
+
+Everything but paths (markers to draw, region grid, minimum cells per region, blob size, the
+default panel) comes from config section ``stain`` of ``--settings``
+(:class:`~pastflow.stain.settings.StainSettings`).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from pastflow.settings import add_settings_argument
+
+PANEL_HELP = "marker panel YAML (default: the settings' stain.panel)"
 
 
 def add_parser(subparsers) -> None:
@@ -22,41 +35,62 @@ def add_parser(subparsers) -> None:
                     "positive cells; cut-offs in the panel file win.")
     c.add_argument("--tables", nargs="*", default=[], type=Path,
                    help="QC tables of the training slides (results/qc/S.h5ad)")
-    c.add_argument("--panel", type=Path, default=None,
-                   help="marker panel YAML (default resources/ihc_panel.yaml)")
+    c.add_argument("--panel", type=Path, default=None, help=PANEL_HELP)
     c.add_argument("--out", required=True, type=Path, help="cut-offs table to write (.tsv)")
+    add_settings_argument(c, "stain")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=run_calibrate)
 
     s = subparsers.add_parser(
-        "stain", help="virtual IHC of one sample: H-scores and virtual stain images",
-        description="Bins every cell's predicted marker level into 0/1+/2+/3+, writes H-scores "
-                    "per slide and region (and from measured expression with --table), and "
-                    "virtual stains as pyramidal TIFFs.")
+        "stain", help="virtual IHC of one sample: levels and H-scores",
+        description="Bins every cell's predicted marker level into 0/1+/2+/3+ and writes "
+                    "H-scores per slide and region (and from measured expression with "
+                    "--table): hscores.tsv and cells.tsv.gz. The virtual stain images are "
+                    "drawn from them by pastflow stain-images.")
     s.add_argument("--prediction", required=True, type=Path,
                    help="the sample's prediction table (results/predict/S.h5ad)")
     s.add_argument("--store", required=True, type=Path,
-                   help="the sample's patch store (results/patches/S.h5)")
+                   help="the sample's patch store (results/patches/S.h5): cell positions")
     s.add_argument("--cutoffs", required=True, type=Path, help="from pastflow stain-calibrate")
     s.add_argument("--table", type=Path, default=None,
                    help="the sample's QC table: adds H-scores from measured expression")
-    s.add_argument("--panel", type=Path, default=None,
-                   help="marker panel YAML (default resources/ihc_panel.yaml)")
-    s.add_argument("--images", nargs="*", default=[],
-                   help="markers to render as virtual stains (default none)")
-    s.add_argument("--grid-um", type=float, default=None,
-                   help="region grid size in microns (default 250)")
-    s.add_argument("--min-region-cells", type=int, default=None,
-                   help="regions with fewer cells are not scored (default 20)")
+    s.add_argument("--panel", type=Path, default=None, help=PANEL_HELP)
     s.add_argument("--regions", type=Path, default=None,
                    help="annotated regions (TSV: cell_id, region) instead of the grid")
-    s.add_argument("--unit-um", type=float, default=None,
-                   help="cell/spot diameter in microns for the stain blobs (default from the "
-                        "QC table, else 10)")
     s.add_argument("--sample", default=None, help="sample name (default: the prediction's stem)")
-    s.add_argument("--out-dir", required=True, type=Path, help="folder for the outputs")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--out-dir", required=True, type=Path,
+                   help="folder for hscores.tsv and cells.tsv.gz")
+    add_settings_argument(s, "stain")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (scoring draws none; taken as by every stage)")
     s.set_defaults(func=run_stain)
+
+    i = subparsers.add_parser(
+        "stain-images", help="virtual IHC of one sample: virtual stain images",
+        description="Draws the virtual stains of the settings' stain.images as pyramidal "
+                    "TIFFs, and their thumbnails, from the levels pastflow stain wrote "
+                    "(nothing is scored again).")
+    i.add_argument("--cells", required=True, type=Path,
+                   help="the sample's cells.tsv.gz from pastflow stain: per-cell levels")
+    i.add_argument("--hscores", required=True, type=Path,
+                   help="the sample's hscores.tsv from pastflow stain: slide H-scores of the "
+                        "thumbnail titles")
+    i.add_argument("--store", required=True, type=Path,
+                   help="the sample's patch store (results/patches/S.h5): H&E and cell centres")
+    i.add_argument("--table", type=Path, default=None,
+                   help="the sample's QC table: its unit diameter sizes the stain blobs when "
+                        "stain.unit_um is null")
+    i.add_argument("--panel", type=Path, default=None, help=PANEL_HELP)
+    i.add_argument("--regions", type=Path, default=None,
+                   help="the annotated regions given to pastflow stain: the thumbnails then "
+                        "show no region grid")
+    i.add_argument("--sample", default=None,
+                   help="sample name (default: the one in --hscores)")
+    i.add_argument("--out-dir", required=True, type=Path,
+                   help="folder for virtual_{marker}.tif and thumbnails.jpg")
+    add_settings_argument(i, "stain")
+    i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i.set_defaults(func=run_images)
 
     a = subparsers.add_parser(
         "stain-agreement", help="H-scores from predicted vs measured expression (test slides)",
@@ -73,10 +107,15 @@ def add_parser(subparsers) -> None:
     a.set_defaults(func=run_agreement)
 
 
-def _panel(path: Path | None):
-    from pastflow.stain.panel import DEFAULT_PANEL, read_panel
+def _settings_and_panel(args: argparse.Namespace):
+    """The stain settings of ``--settings`` and the panel of ``--panel`` (default: the
+    settings' ``panel``, a path to a shipped file found from any working directory)."""
+    from pastflow.settings import load_section, project_path
+    from pastflow.stain.panel import read_panel
+    from pastflow.stain.settings import StainSettings
 
-    return read_panel(path or DEFAULT_PANEL)
+    settings = load_section(StainSettings, "stain", args.settings)
+    return settings, read_panel(args.panel or project_path(settings.panel))
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
@@ -85,28 +124,27 @@ def run_calibrate(args: argparse.Namespace) -> None:
     from pastflow.stain.calibrate import calibrate_cutoffs, write_cutoffs
     from pastflow.stain.io import read_cell_table
 
-    panel = _panel(args.panel)
+    _, panel = _settings_and_panel(args)
     tables = [read_cell_table(p, "QC table") for p in tqdm(args.tables, desc="reading QC tables",
                                              disable=args.no_progress)]
     write_cutoffs(calibrate_cutoffs(tables, panel, [str(p) for p in args.tables]), args.out)
 
 
 def run_stain(args: argparse.Namespace) -> None:
-    from pastflow.errors import InputError
-    from pastflow.stain.sample import DEFAULT_GRID_UM, DEFAULT_MIN_REGION_CELLS, stain_sample
+    from pastflow.stain.sample import stain_sample
 
-    grid_um = DEFAULT_GRID_UM if args.grid_um is None else args.grid_um
-    min_cells = DEFAULT_MIN_REGION_CELLS if args.min_region_cells is None else args.min_region_cells
-    if grid_um <= 0:
-        raise InputError(None, f"--grid-um must be positive, got {grid_um}")
-    if min_cells < 1:
-        raise InputError(None, f"--min-region-cells must be >= 1, got {min_cells}")
-    if args.unit_um is not None and args.unit_um <= 0:
-        raise InputError(None, f"--unit-um must be positive, got {args.unit_um}")
-    stain_sample(args.prediction, args.store, args.cutoffs, _panel(args.panel), args.out_dir,
-                 sample=args.sample, table_path=args.table, images=args.images,
-                 grid_um=grid_um, min_region_cells=min_cells, regions_path=args.regions,
-                 unit_um=args.unit_um, progress=not args.no_progress)
+    settings, panel = _settings_and_panel(args)
+    stain_sample(args.prediction, args.store, args.cutoffs, panel, args.out_dir, settings,
+                 sample=args.sample, table_path=args.table, regions_path=args.regions)
+
+
+def run_images(args: argparse.Namespace) -> None:
+    from pastflow.stain.images import stain_images
+
+    settings, panel = _settings_and_panel(args)
+    stain_images(args.cells, args.hscores, args.store, panel, args.out_dir, settings,
+                 sample=args.sample, table_path=args.table, regions_path=args.regions,
+                 progress=not args.no_progress)
 
 
 def run_agreement(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """The virtual IHC marker panel: marker -> genes, stain compartment and optional cut-offs.
 
-A panel is a YAML file (default ``resources/ihc_panel.yaml``)::
+A panel is a YAML file (config ``stain.panel``; the shipped default, ``resources/ihc_panel.yaml``,
+is named in :class:`~pastflow.stain.settings.StainSettings`)::
 
     markers:
       Ki67: {genes: [MKI67], compartment: nuclear}
@@ -26,7 +27,6 @@ from pastflow.errors import InputError
 log = logging.getLogger(__name__)
 
 COMPARTMENTS = ("nuclear", "membrane", "cytoplasmic")
-DEFAULT_PANEL = Path(__file__).resolve().parents[3] / "resources" / "ihc_panel.yaml"
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Marker:
     cutoffs: tuple[float, float, float] | None = None
 
 
-def read_panel(path: str | Path = DEFAULT_PANEL) -> list[Marker]:
+def read_panel(path: str | Path) -> list[Marker]:
     """Parse and check a panel YAML; InputError naming the file and the bad entry."""
     import yaml
 

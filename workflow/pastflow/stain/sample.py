@@ -1,4 +1,4 @@
-"""One sample's virtual IHC (``results/stain/{sample}/``).
+"""One sample's virtual IHC levels and H-scores (``results/stain/{sample}/``): ``pastflow stain``.
 
 Writes, atomically:
 
@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,16 +33,12 @@ from pastflow.patches.reader import PatchStore
 from pastflow.stain.calibrate import read_cutoffs
 from pastflow.stain.io import read_cell_table
 from pastflow.stain.panel import Marker, marker_scores
-from pastflow.stain.pyramid import read_thumbnail_level, write_stain_pyramid
-from pastflow.stain.render import VirtualStainTiles
 from pastflow.stain.score import bin_levels, grid_regions, hscore_table
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from pastflow.stain.settings import StainSettings
 
-DEFAULT_GRID_UM = 250.0  # a ~1 mm simulated slide -> a 4 x 4 grid
-DEFAULT_MIN_REGION_CELLS = 20  # fewer cells give percentages too coarse to compare
-DEFAULT_UNIT_UM = 10.0  # cell diameter when the QC table does not record one
-THUMBNAIL_PX = 800  # longer side of the report thumbnails, about
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,6 +78,15 @@ def read_annotations(path: str | Path) -> pd.Series:
     return table.set_index("cell_id")["region"]
 
 
+def check_image_markers(panel: Sequence[Marker], images: Sequence[str]) -> None:
+    """InputError unless every marker to draw (``stain.images``) is in the panel."""
+    names = [m.name for m in panel]
+    unknown = [m for m in images if m not in names]
+    if unknown:
+        raise InputError(None, f"virtual stain markers {unknown} (stain.images) are not in the "
+                               f"panel ({', '.join(names)})")
+
+
 def _levels(scores: pd.DataFrame, cutoffs: pd.DataFrame) -> pd.DataFrame:
     """``int8`` levels 0..3 of every scored marker (columns of ``scores``)."""
     cuts = cutoffs.set_index("marker")
@@ -91,32 +96,21 @@ def _levels(scores: pd.DataFrame, cutoffs: pd.DataFrame) -> pd.DataFrame:
 
 
 def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_path: str | Path,
-                 panel: Sequence[Marker], out_dir: str | Path, *, sample: str | None = None,
-                 table_path: str | Path | None = None, images: Sequence[str] = (),
-                 grid_um: float = DEFAULT_GRID_UM,
-                 min_region_cells: int = DEFAULT_MIN_REGION_CELLS,
-                 regions_path: str | Path | None = None, unit_um: float | None = None,
-                 progress: bool = True) -> pd.DataFrame:
-    """Score, bin and render one sample; returns its H-score table (see module docstring).
+                 panel: Sequence[Marker], out_dir: str | Path, settings: StainSettings, *,
+                 sample: str | None = None, table_path: str | Path | None = None,
+                 regions_path: str | Path | None = None) -> pd.DataFrame:
+    """Score and bin one sample; write ``hscores.tsv`` and ``cells.tsv.gz`` into ``out_dir``
+    and return the H-score table (see module docstring).
 
-    ``images``: markers to render as virtual stains (a marker that cannot be scored is
-    rendered as counterstain only, with a warning, so the expected files still appear).
-    ``regions_path``: optional annotated regions (TSV ``cell_id``, ``region``) used instead of
-    the ``grid_um`` grid. ``unit_um``: cell (or spot / bin) diameter; default the QC table's
-    ``uns["pastflow"]["unit_diameter_um"]``, else 10 um.
+    ``settings``: ``grid_um`` and ``min_region_cells`` shape the regions; ``images`` is only
+    checked against the panel here (a bad marker stops this job, before anything is
+    written, rather than the later ``stain-images`` one). ``regions_path``: optional
+    annotated regions (TSV ``cell_id``, ``region``) used instead of the grid.
     """
-    from tqdm import tqdm
-
-    from pastflow.stain.plots import plot_thumbnails
-
     start = time.perf_counter()
     prediction_path, out = Path(prediction_path), StainOutputs(Path(out_dir))
     sample = sample or prediction_path.stem
-    by_name = {m.name: m for m in panel}
-    unknown = [m for m in images if m not in by_name]
-    if unknown:
-        raise InputError(None, f"virtual stain markers {unknown} are not in the panel "
-                               f"({', '.join(by_name)})")
+    check_image_markers(panel, settings.images)
     predicted = read_cell_table(prediction_path, "prediction table")
     cutoffs = read_cutoffs(cutoffs_path)
     store = PatchStore(store_path)
@@ -125,8 +119,7 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
     except KeyError as err:
         raise InputError(store_path, f"{err.args[0]} (of {prediction_path}): store and "
                                      "prediction come from different ingests?") from None
-    centers = store.centers[rows]
-    xy_um = (centers - store.margin) * store.mpp
+    xy_um = (store.centers[rows] - store.margin) * store.mpp
 
     scorable = [m for m in panel if m.name in set(cutoffs["marker"])]
     for m in panel:
@@ -140,19 +133,17 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
         regions = read_annotations(regions_path).reindex(predicted.obs["cell_id"].astype(str))
         regions = regions.fillna("").to_numpy(dtype=object)
     else:
-        regions = grid_regions(xy_um, grid_um)
+        regions = grid_regions(xy_um, settings.grid_um)
     cells = pd.DataFrame({"cell_id": predicted.obs["cell_id"].astype(str).to_numpy(),
                           "x_um": xy_um[:, 0], "y_um": xy_um[:, 1], "region": regions})
     for m in scores.columns:
         cells[f"{m}_predicted_score"] = scores[m].to_numpy()
         cells[f"{m}_predicted_level"] = levels[m].to_numpy()
     tables = [hscore_table(levels, regions, sample=sample, source="predicted",
-                           min_cells=min_region_cells)]
+                           min_cells=settings.min_region_cells)]
 
     if table_path is not None:
         measured = read_cell_table(table_path, "QC table")
-        if unit_um is None:
-            unit_um = measured.uns.get("pastflow", {}).get("unit_diameter_um")
         m_scores = marker_scores(measured.X, measured.var_names,
                                  [m for m in scorable if m.name in scores.columns], str(table_path))
         m_levels = _levels(m_scores, cutoffs)
@@ -176,43 +167,15 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
         for source, table in (("measured", matched),
                               ("predicted", levels[list(matched.columns)][hit])):
             tables.append(hscore_table(table.reset_index(drop=True), regions[hit], sample=sample,
-                                       source=source, min_cells=min_region_cells,
+                                       source=source, min_cells=settings.min_region_cells,
                                        cells="measured"))
-    unit_um = float(unit_um or DEFAULT_UNIT_UM)
     hscores = pd.concat(tables, ignore_index=True)
 
-    # Virtual stains, then the thumbnails figure read back from their pyramids.
     out.out_dir.mkdir(parents=True, exist_ok=True)
-    h, w = store.image.shape[1:]
-    crop = (store.margin, store.margin, w - 2 * store.margin, h - 2 * store.margin)
-    stains = {}
-    for name in tqdm(images, desc=f"{sample} virtual stains", disable=not progress):
-        if name in levels:
-            marker_levels = levels[name].to_numpy()
-        else:
-            log.warning("%s: marker %s not scored; its virtual stain is counterstain only",
-                        sample, name)
-            marker_levels = np.zeros(len(cells), np.int8)
-        source = VirtualStainTiles(store.image, centers, marker_levels,
-                                   by_name[name].compartment, unit_um / 2 / store.mpp, crop=crop)
-        write_stain_pyramid(out.image(name), source, store.mpp,
-                            description=f"pastflow virtual IHC {name} of {sample}")
-        stains[name] = read_thumbnail_level(out.image(name), min_side=THUMBNAIL_PX)
-    # The store's own tissue thumbnail is 8 um/px, too coarse beside the stains: subsample
-    # the H&E to about the stains' thumbnail size instead.
-    step = max(1, max(crop[2], crop[3]) // THUMBNAIL_PX)
-    thumb = store.image[:, crop[1]:crop[1] + crop[3]:step, crop[0]:crop[0] + crop[2]:step]
-    thumb = np.ascontiguousarray(thumb.transpose(1, 2, 0))
-    slide_rows = hscores[(hscores["region"] == "slide") & (hscores["source"] == "predicted")]
-    with atomic_path(out.thumbnails) as tmp:
-        plot_thumbnails(thumb, stains, dict(zip(slide_rows["marker"], slide_rows["hscore"])),
-                        extent_um=(crop[2] * store.mpp, crop[3] * store.mpp),
-                        grid_um=None if regions_path is not None else grid_um,
-                        title=sample, path=tmp)
     with atomic_path(out.cells) as tmp:
         cells.to_csv(tmp, sep="\t", index=False, float_format="%.5g")
     with atomic_path(out.hscores) as tmp:
         hscores.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    log.info("%s: %d markers scored on %d cells, %d virtual stains in %.1f s", sample,
-             scores.shape[1], len(cells), len(images), time.perf_counter() - start)
+    log.info("%s: %d markers scored on %d cells in %.1f s", sample, scores.shape[1], len(cells),
+             time.perf_counter() - start)
     return hscores

@@ -1,6 +1,2 @@
 """The run's key numbers, gathered from every stage's outputs for the report's front page
 (``results/summary.json``) and a table (``results/summary.tsv``)."""
-
-from pastflow.summary.gather import summarise_run
-
-__all__ = ["summarise_run"]

@@ -28,7 +28,8 @@ CONTRACTS = {
 }
 
 
-def _read_table(path: str | Path | None, kind: str) -> pd.DataFrame | None:
+def _read_result_tsv(path: str | Path | None, kind: str) -> pd.DataFrame | None:
+    """A stage's result table with the columns of ``CONTRACTS[kind]``; None when not given."""
     if not path:
         return None
     path = Path(path)
@@ -66,21 +67,21 @@ def summarise_run(technologies: list[str], stores: list[str | Path], metrics=Non
         "technologies": dict(sorted(Counter(technologies).items())),
         "cells": count_cells(stores),
     }
-    table = _read_table(metrics, "metrics")
+    table = _read_result_tsv(metrics, "metrics")
     if table is not None:
         per_method = table.groupby("method")["mean_pearson_50"]
         summary["pearson_50"] = {
             "test_samples": int(table["sample"].nunique()),
             "mean_by_method": {m: round(float(v), 3) for m, v in per_method.mean().items()},
         }
-    table = _read_table(cindex, "cindex")
+    table = _read_result_tsv(cindex, "cindex")
     if table is not None:
         summary["cindex"] = {
             row.model: {"cindex": round(float(row.cindex), 3), "ci_low": round(float(row.ci_low), 3),
                         "ci_high": round(float(row.ci_high), 3)}
             for row in table.itertuples()
         }
-    table = _read_table(agreement, "agreement")
+    table = _read_result_tsv(agreement, "agreement")
     if table is not None:
         summary["hscore_agreement"] = {
             f"{row.marker} ({row.level})": {"pearson_r": round(float(row.pearson_r), 3), "n": int(row.n)}

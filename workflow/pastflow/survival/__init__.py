@@ -10,5 +10,8 @@
 - :mod:`~pastflow.survival.mil`: attention-MIL over cell embeddings with a Cox loss (torch);
 - :mod:`~pastflow.survival.metrics`: time-dependent AUC of cross-validated risks;
 - :mod:`~pastflow.survival.plots`: Kaplan-Meier, forest, c-index and td-AUC figures;
-- :mod:`~pastflow.survival.cohort`: the ``pastflow survival`` job that ties them together.
+- :mod:`~pastflow.survival.cohort`: the three jobs that tie them together,
+  ``pastflow survival-features`` (patient features), ``pastflow survival`` (cross-validated
+  models) and ``pastflow survival-figures``;
+- :mod:`~pastflow.survival.settings`: config section ``survival``.
 """

@@ -1,9 +1,19 @@
-"""``pastflow survival``: cohort-level multimodal survival models.
+"""Cohort-level survival, three commands (``results/survival``, see
+:mod:`pastflow.survival.cohort`)::
 
-    pastflow survival --clinical clinical.tsv --embeddings results/embed/*.h5ad \\
-        --predictions results/predict/*.h5ad --sample-patients S1=P1 S2=P1 ... \\
-        [--hscores results/stain/*/hscores.tsv] [--truth truth_hazard.tsv] \\
+    pastflow survival-features --sheet config/samples.tsv --clinical clinical.tsv \\
+        --embeddings results/embed/*.h5ad [--predictions results/predict/*.h5ad] \\
+        [--hscores results/stain/*/hscores.tsv] [--gene-sets sets.gmt] \\
+        --out-dir results/survival [--settings FILE]
+    pastflow survival --features results/survival/features.tsv \\
+        --outcomes results/survival/outcomes.tsv --cells results/survival/cells.npz \\
+        [--truth truth_hazard.tsv] --out-dir results/survival [--settings FILE]
+    pastflow survival-figures --cindex results/survival/cindex.tsv \\
+        --models results/survival/models.tsv --risk results/survival/risk.tsv \\
+        --coefficients results/survival/coefficients.tsv --td-auc results/survival/td_auc.tsv \\
         --out-dir results/survival
+
+Settings (folds, penalizers, clusters, MIL, ...) come from config section ``survival``.
 """
 
 from __future__ import annotations
@@ -11,14 +21,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pastflow.settings import add_settings_argument
+
 
 def add_parser(subparsers) -> None:
+    add_features_parser(subparsers)
+    add_models_parser(subparsers)
+    add_figures_parser(subparsers)
+
+
+def add_features_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "survival", help="cross-validated Cox models of clinical, image and predicted "
-                         "molecular features; attention-MIL; KM and forest plots",
-        description="Patient-level features per modality -> penalised Cox models (penalizer "
-                    "by inner CV) and attention-MIL, repeated stratified k-fold by patient, "
-                    "c-index with a 95%% bootstrap interval.")
+        "survival-features", help="patient features of every modality for the survival models",
+        description="Clinical covariates, pooled image embeddings and their k-means cluster "
+                    "composition, pathway scores of predicted expression and virtual H-scores, "
+                    "one row per patient (a patient's slides pooled) -> features.tsv, "
+                    "outcomes.tsv, and cells.npz (cell embeddings for attention-MIL).")
+    p.add_argument("--sheet", required=True, type=Path,
+                   help="the sample sheet (config/samples.tsv): the patient of every slide")
     p.add_argument("--clinical", required=True, type=Path,
                    help="clinical table: patient, os_time, os_event, covariates")
     p.add_argument("--embeddings", nargs="+", required=True, type=Path,
@@ -28,63 +48,76 @@ def add_parser(subparsers) -> None:
                         "pathway features")
     p.add_argument("--hscores", nargs="*", default=[], type=Path,
                    help="virtual-IHC H-score tables (results/stain/S/hscores.tsv), optional")
-    p.add_argument("--sample-patients", nargs="+", required=True, metavar="SAMPLE=PATIENT",
-                   help="patient of every slide")
-    p.add_argument("--truth", type=Path, default=None,
-                   help="simulated cohorts: truth_hazard.tsv, for the true_hazard row")
     p.add_argument("--gene-sets", type=Path, default=None,
                    help="GMT of the pathway features (default: the pretrain default GMT)")
     p.add_argument("--out-dir", required=True, type=Path, help="folder for the outputs")
-    p.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
-    p.add_argument("--repeats", type=int, default=3, help="outer repeats (default 3)")
-    p.add_argument("--inner-folds", type=int, default=3,
-                   help="inner folds choosing the penalizer (default 3)")
-    p.add_argument("--penalizers", nargs="+", type=float, default=None,
-                   help="penalizer grid (default 0.1 0.3 1 3)")
-    p.add_argument("--pca", type=int, default=4,
-                   help="principal components of the mean image embedding (default 4)")
-    p.add_argument("--clusters", type=int, default=8,
-                   help="k-means clusters of cell image embeddings (default 8)")
-    p.add_argument("--bootstrap", type=int, default=1000,
-                   help="bootstrap resamples of the c-index interval (default 1000)")
-    p.add_argument("--mil-epochs", type=int, default=150,
-                   help="attention-MIL training steps; 0 = no image_mil model (default 150)")
-    p.add_argument("--mil-cells", type=int, default=256,
-                   help="cells drawn per patient for attention-MIL (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    add_settings_argument(p, "survival")
+    p.set_defaults(func=run_features_command)
+
+
+def add_models_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "survival", help="cross-validated Cox models of clinical, image and predicted "
+                         "molecular features, and attention-MIL",
+        description="Penalised Cox models per modality and combined (penalizer by inner CV) "
+                    "and attention-MIL, repeated stratified k-fold by patient, c-index with a "
+                    "95%% bootstrap interval -> cindex.tsv, models.tsv, risk.tsv, "
+                    "coefficients.tsv, td_auc.tsv.")
+    p.add_argument("--features", required=True, type=Path,
+                   help="patient features (pastflow survival-features: features.tsv)")
+    p.add_argument("--outcomes", required=True, type=Path,
+                   help="patient outcomes (outcomes.tsv)")
+    p.add_argument("--cells", required=True, type=Path,
+                   help="cell embeddings per patient (cells.npz)")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="simulated cohorts: truth_hazard.tsv, for the true_hazard row")
+    p.add_argument("--out-dir", required=True, type=Path, help="folder for the outputs")
+    add_settings_argument(p, "survival")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_survival_command)
+    p.set_defaults(func=run_models_command)
 
 
-def run_survival_command(args: argparse.Namespace) -> None:
-    from pastflow.errors import InputError
-    from pastflow.survival.cohort import (SurvivalSettings, load_cohort, read_true_hazard,
-                                          run_survival)
-    from pastflow.survival.cox import DEFAULT_PENALIZERS
-    from pastflow.survival.features import parse_sample_patients
-    from pastflow.survival.mil import MILConfig
+def add_figures_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "survival-figures", help="c-index, Kaplan-Meier, forest and td-AUC figures of the "
+                                 "survival models",
+        description="Figures from the tables of pastflow survival -> cindex.png, km.png, "
+                    "forest.png, td_auc.png.")
+    for flag, name in (("--cindex", "cindex.tsv"), ("--models", "models.tsv"),
+                       ("--risk", "risk.tsv"), ("--coefficients", "coefficients.tsv"),
+                       ("--td-auc", "td_auc.tsv")):
+        p.add_argument(flag, required=True, type=Path, help=f"{name} of pastflow survival")
+    p.add_argument("--out-dir", required=True, type=Path, help="folder for the figures")
+    p.set_defaults(func=run_figures_command)
 
-    try:
-        sample_patient = parse_sample_patients(args.sample_patients)
-    except ValueError as err:
-        raise InputError(None, f"--sample-patients: {err}") from None
-    for name in ("folds", "repeats", "inner_folds", "pca", "clusters", "bootstrap", "mil_cells"):
-        if getattr(args, name) < 1:
-            raise InputError(None, f"--{name.replace('_', '-')} must be >= 1")
-    if args.folds < 2 or args.inner_folds < 2:
-        raise InputError(None, "--folds and --inner-folds must be >= 2")
-    penalizers = tuple(args.penalizers or DEFAULT_PENALIZERS)
-    if any(p <= 0 for p in penalizers):
-        raise InputError(None, "--penalizers must be > 0")
-    mil = (MILConfig(epochs=args.mil_epochs, max_cells=args.mil_cells, seed=args.seed)
-           if args.mil_epochs > 0 else None)
-    settings = SurvivalSettings(n_splits=args.folds, n_repeats=args.repeats,
-                                inner_splits=args.inner_folds, penalizers=penalizers,
-                                pca_components=args.pca, n_clusters=args.clusters,
-                                n_boot=args.bootstrap, seed=args.seed, mil=mil)
-    data = load_cohort(args.clinical, args.embeddings, sample_patient,
+
+def run_features_command(args: argparse.Namespace) -> None:
+    from pastflow.settings import load_section
+    from pastflow.survival.cohort import load_cohort, write_cohort
+    from pastflow.survival.features import sample_patients
+    from pastflow.survival.settings import SurvivalSettings
+
+    settings = load_section(SurvivalSettings, "survival", args.settings)
+    data = load_cohort(args.clinical, args.embeddings, sample_patients(args.sheet), settings,
                        prediction_paths=args.predictions, hscore_paths=args.hscores,
-                       gene_sets_path=args.gene_sets, settings=settings)
+                       gene_sets_path=args.gene_sets)
+    write_cohort(data, args.out_dir)
+
+
+def run_models_command(args: argparse.Namespace) -> None:
+    from pastflow.settings import load_section
+    from pastflow.survival.cohort import read_cohort, read_true_hazard, run_survival
+    from pastflow.survival.settings import SurvivalSettings
+
+    settings = load_section(SurvivalSettings, "survival", args.settings)
+    data = read_cohort(args.features, args.outcomes, args.cells)
     truth = read_true_hazard(args.truth, data.patients) if args.truth else None
-    run_survival(data, args.out_dir, true_hazard=truth, settings=settings,
-                 progress=not args.no_progress)
+    run_survival(data, args.out_dir, settings, true_hazard=truth, progress=not args.no_progress)
+
+
+def run_figures_command(args: argparse.Namespace) -> None:
+    from pastflow.survival.cohort import read_results
+    from pastflow.survival.plots import write_figures
+
+    write_figures(read_results(args.cindex, args.models, args.risk, args.coefficients,
+                               args.td_auc), args.out_dir)

@@ -23,11 +23,6 @@ from pastflow.survival.cv import harrell_cindex
 
 log = logging.getLogger(__name__)
 
-# lifelines adds penalizer * ||beta||^2 / 2 to the mean negative log partial likelihood of
-# standardised features; 0.1-3 spans "mildly shrunk" to "coefficients near zero" for tens of
-# patients and ~5-30 features. Four values: each costs inner_splits lifelines fits (~50 ms)
-# in every outer fold of every model.
-DEFAULT_PENALIZERS = (0.1, 0.3, 1.0, 3.0)
 _DURATION, _EVENT = "_time", "_event"
 
 
@@ -41,7 +36,7 @@ class FoldTransform:
     Works on numpy arrays inside (it runs thousands of times per job).
     """
 
-    def __init__(self, pca: Mapping[str, int] | None = None, seed: int = 0):
+    def __init__(self, pca: Mapping[str, int] | None, *, seed: int):
         self.pca = dict(pca or {})
         self.seed = seed
 
@@ -122,7 +117,7 @@ def _fit_lifelines(x: pd.DataFrame, time: np.ndarray, event: np.ndarray,
 
 def _fit_fixed(features: pd.DataFrame, time, event, penalizer: float,
                pca: Mapping[str, int] | None, seed: int) -> CoxModel:
-    transform = FoldTransform(pca, seed).fit(features)
+    transform = FoldTransform(pca, seed=seed).fit(features)
     fitter = _fit_lifelines(transform.transform(features), time, event, penalizer)
     return CoxModel(transform, fitter, penalizer)
 
@@ -183,8 +178,8 @@ def ridge_cox_coefficients(x: np.ndarray, time: np.ndarray, event: np.ndarray, p
 
 
 def inner_cindex(features: pd.DataFrame, time: np.ndarray, event: np.ndarray, penalizer: float,
-                 *, n_splits: int = 3, pca: Mapping[str, int] | None = None,
-                 seed: int = 0) -> float:
+                 *, n_splits: int, pca: Mapping[str, int] | None = None,
+                 seed: int) -> float:
     """Harrell's c-index of the pooled out-of-fold risks of a ``penalizer`` model over
     ``n_splits`` folds of the given (training) patients, stratified on the event; NaN when a
     fit fails. Fitted with :func:`ridge_cox_coefficients` (lifelines' objective, fast)."""
@@ -192,7 +187,7 @@ def inner_cindex(features: pd.DataFrame, time: np.ndarray, event: np.ndarray, pe
     splits = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
     try:
         for train, test in splits.split(features, event):
-            transform = FoldTransform(pca, seed).fit(features.iloc[train])
+            transform = FoldTransform(pca, seed=seed).fit(features.iloc[train])
             x_train = transform.transform(features.iloc[train]).to_numpy()
             beta = ridge_cox_coefficients(x_train, time[train], event[train], penalizer)
             # Same normalisation as inside ridge_cox_coefficients (training statistics).
@@ -206,8 +201,8 @@ def inner_cindex(features: pd.DataFrame, time: np.ndarray, event: np.ndarray, pe
 
 
 def fit_cox(features: pd.DataFrame, time: np.ndarray, event: np.ndarray, *,
-            penalizers: Sequence[float] = DEFAULT_PENALIZERS, inner_splits: int = 3,
-            pca: Mapping[str, int] | None = None, seed: int = 0) -> CoxModel:
+            penalizers: Sequence[float], inner_splits: int,
+            pca: Mapping[str, int] | None = None, seed: int) -> CoxModel:
     """Fit a ridge-penalised Cox model on ``features`` ``(n_patients, n_features)``.
 
     Args:
@@ -218,6 +213,7 @@ def fit_cox(features: pd.DataFrame, time: np.ndarray, event: np.ndarray, *,
             penalizer, the simpler model).
         inner_splits: folds of the inner CV (lowered to the number of events when fewer).
         pca: column prefix -> number of principal components (see :class:`FoldTransform`).
+        seed: of the inner folds and the PCA.
 
     Raises:
         RuntimeError: no penalizer of the grid gives a model that converges.

@@ -39,8 +39,8 @@ class Fold:
     test: np.ndarray
 
 
-def patient_folds(patients: Sequence[str], events: np.ndarray, *, n_splits: int = 5,
-                  n_repeats: int = 5, seed: int = 0) -> list[Fold]:
+def patient_folds(patients: Sequence[str], events: np.ndarray, *, n_splits: int,
+                  n_repeats: int, seed: int) -> list[Fold]:
     """Repeated stratified k-fold over patients (stratified on ``events``, 0/1).
 
     ``n_splits`` is lowered to the number of patients of the rarer event class when needed
@@ -101,7 +101,7 @@ class CIndex:
 
 
 def summarize_cindex(time: np.ndarray, event: np.ndarray, risks: np.ndarray, *,
-                     n_boot: int = 1000, seed: int = 0) -> CIndex:
+                     n_boot: int, seed: int) -> CIndex:
     """C-index of out-of-fold ``risks`` ``(n_repeats, n_patients)`` (or ``(n_patients,)`` for a
     fixed score such as the true hazard), with the interval of the module docstring."""
     risks = np.atleast_2d(np.asarray(risks, dtype=np.float64))

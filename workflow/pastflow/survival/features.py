@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import anndata as ad
 import numpy as np
@@ -27,6 +27,7 @@ from sklearn.cluster import KMeans
 
 from pastflow.errors import InputError
 from pastflow.models.pathways import GeneSet, score_pathways
+from pastflow.tables import read_h5ad
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +35,19 @@ MODALITY_PREFIXES = {"clinical": "clinical_", "image": "image_", "molecular": "m
 _SURVIVAL_COLUMNS = ("os_time", "os_event")
 
 
-def parse_sample_patients(pairs: Iterable[str]) -> dict[str, str]:
-    """``["s1=P1", "s2=P1", ...]`` -> ``{"s1": "P1", "s2": "P1"}``.
+def sample_patients(sheet_path: str | Path) -> dict[str, str]:
+    """The patient of every slide of the sample sheet: ``{"s1": "P1", "s2": "P1", ...}``.
+
+    The sheet is validated as the workflow validates it (:func:`pastflow.sheet.load_sample_sheet`);
+    its paths are neither resolved against ``data_root`` nor checked (only ids are read).
 
     Raises:
-        ValueError: an item without ``=`` or a sample given twice.
+        InputError: a missing or invalid sheet (naming the line and column).
     """
-    mapping: dict[str, str] = {}
-    for pair in pairs:
-        sample, sep, patient = str(pair).partition("=")
-        if not sep or not sample or not patient:
-            raise ValueError(f"expected SAMPLE=PATIENT, got {pair!r}")
-        if sample in mapping:
-            raise ValueError(f"sample {sample!r} given twice")
-        mapping[sample] = patient
-    return mapping
+    from pastflow.sheet import load_sample_sheet
+
+    sheet = load_sample_sheet(sheet_path, check_paths=False)
+    return dict(zip(sheet["sample"].astype(str), sheet["patient"].astype(str)))
 
 
 def _sample_of(path: Path, table: ad.AnnData) -> str:
@@ -57,14 +56,11 @@ def _sample_of(path: Path, table: ad.AnnData) -> str:
     return path.name.split(".")[0]
 
 
-def _read_table(path: str | Path, key: str | None = None) -> tuple[str, ad.AnnData]:
+def _read_slide_table(path: str | Path, key: str | None = None) -> tuple[str, ad.AnnData]:
+    """``(sample, table)`` of one slide's embedding table (``key``: its ``obsm`` to check)
+    or, without ``key``, its prediction table."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "table not found")
-    try:
-        table = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as err:
-        raise InputError(path, f"not a readable AnnData file ({err})") from None
+    table = read_h5ad(path, "prediction table" if key is None else "embedding table")
     if key is not None and key not in table.obsm:
         raise InputError(path, f'no obsm["{key}"]; was it written by pastflow embed?')
     if table.n_obs == 0:
@@ -74,7 +70,7 @@ def _read_table(path: str | Path, key: str | None = None) -> tuple[str, ad.AnnDa
 
 def _patient(sample: str, path: Path | str, sample_patient: Mapping[str, str]) -> str:
     if sample not in sample_patient:
-        raise InputError(path, f"sample {sample!r} has no patient (not in --sample-patients)")
+        raise InputError(path, f"sample {sample!r} has no patient (not in the sample sheet)")
     return sample_patient[sample]
 
 
@@ -89,7 +85,7 @@ def read_cell_embeddings(paths: Sequence[str | Path], sample_patient: Mapping[st
     cells: dict[str, list[np.ndarray]] = {}
     width = None
     for path in paths:
-        sample, table = _read_table(path, key)
+        sample, table = _read_slide_table(path, key)
         values = np.asarray(table.obsm[key], dtype=np.float32)
         if width is not None and values.shape[1] != width:
             raise InputError(path, f"embedding width {values.shape[1]} differs from the "
@@ -106,9 +102,9 @@ def pooled_embedding_features(cells: Mapping[str, np.ndarray]) -> pd.DataFrame:
                         columns=[f"image_emb_{i}" for i in range(means.shape[1])])
 
 
-def cluster_composition_features(cells: Mapping[str, np.ndarray], n_clusters: int = 6, *,
-                                 max_cells_per_patient: int = 2000,
-                                 seed: int = 0) -> pd.DataFrame:
+def cluster_composition_features(cells: Mapping[str, np.ndarray], n_clusters: int, *,
+                                 seed: int,
+                                 max_cells_per_patient: int = 2000) -> pd.DataFrame:
     """Fraction of each patient's cells in each of ``n_clusters`` k-means clusters.
 
     k-means is fitted on the standardised embeddings of at most ``max_cells_per_patient``
@@ -150,7 +146,7 @@ def pathway_features(prediction_paths: Sequence[str | Path], sample_patient: Map
     counts: dict[str, int] = {}
     genes = None
     for path in prediction_paths:
-        sample, table = _read_table(path)
+        sample, table = _read_slide_table(path)
         if genes is not None and list(table.var_names) != genes:
             raise InputError(path, "predicts other genes than the cohort's other slides")
         genes = list(table.var_names)

@@ -3,8 +3,9 @@
 Computed with :func:`sksurv.metrics.cumulative_dynamic_auc` at the quartiles of the observed
 event times that lie inside the follow-up, using the whole cohort for the censoring
 distribution (the risks are out-of-fold, so no model saw the patient it scores). "Where the
-data allow": with fewer than ``min_events`` events, or no usable time point, nothing is
-computed and the reason is returned.
+data allow": with fewer than :data:`MIN_EVENTS` events, or no usable time point, nothing is
+computed and the reason is returned (:func:`unavailable_reason`: the figures job finds it
+again from the outcomes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from sksurv.util import Surv
 
 log = logging.getLogger(__name__)
 
+MIN_EVENTS = 5  # fewer events: no td-AUC
+ALL_FAILED = "cumulative_dynamic_auc failed for every model"
+
 
 def evaluation_times(time: np.ndarray, event: np.ndarray,
                      quantiles=(0.25, 0.5, 0.75)) -> np.ndarray:
@@ -30,21 +34,31 @@ def evaluation_times(time: np.ndarray, event: np.ndarray,
     return points[(points > time.min()) & (points < time.max())]
 
 
-def time_dependent_auc(time: np.ndarray, event: np.ndarray, risks: dict[str, np.ndarray], *,
-                       min_events: int = 5) -> tuple[pd.DataFrame, str | None]:
+def unavailable_reason(time: np.ndarray, event: np.ndarray) -> str | None:
+    """Why the data allow no td-AUC (too few events, no usable time point), or None."""
+    time, event = np.asarray(time, float), np.asarray(event).astype(bool)
+    if event.sum() < MIN_EVENTS:
+        return f"{int(event.sum())} events (< {MIN_EVENTS})"
+    if len(evaluation_times(time, event)) == 0:
+        return "no event-time quantile inside the follow-up"
+    return None
+
+
+def time_dependent_auc(time: np.ndarray, event: np.ndarray,
+                       risks: dict[str, np.ndarray]) -> tuple[pd.DataFrame, str | None]:
     """td-AUC of each model's risk ``(n,)`` (repeat-averaged out-of-fold) at
     :func:`evaluation_times`.
 
     Returns:
         A table with columns ``model``, ``time``, ``auc`` (one row per model and time; empty
-        when not computable) and the reason it is empty, or None.
+        when not computable) and the reason it is empty (:func:`unavailable_reason`, or
+        :data:`ALL_FAILED`), or None.
     """
     time, event = np.asarray(time, float), np.asarray(event).astype(bool)
-    if event.sum() < min_events:
-        return _empty(), f"{int(event.sum())} events (< {min_events})"
+    reason = unavailable_reason(time, event)
+    if reason is not None:
+        return _empty(), reason
     points = evaluation_times(time, event)
-    if len(points) == 0:
-        return _empty(), "no event-time quantile inside the follow-up"
     survival = Surv.from_arrays(event, time)
     rows = []
     for model, risk in risks.items():
@@ -56,7 +70,7 @@ def time_dependent_auc(time: np.ndarray, event: np.ndarray, risks: dict[str, np.
             continue
         rows += [{"model": model, "time": t, "auc": float(a)} for t, a in zip(points, auc)]
     if not rows:
-        return _empty(), "cumulative_dynamic_auc failed for every model"
+        return _empty(), ALL_FAILED
     return pd.DataFrame(rows), None
 
 

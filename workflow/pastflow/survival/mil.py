@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pastflow.survival.settings import SurvivalSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -41,27 +43,39 @@ def _one_thread():
 class MILConfig:
     """Model and training settings (small: tens of patients).
 
+    ``epochs``, ``max_cells`` and ``seed`` come from the config (``survival.mil_epochs``,
+    ``survival.mil_cells``, ``survival.seed``: :func:`mil_config`); the model's own
+    hyper-parameters below are not config keys.
+
     Measured on the default simulated cohort (46 patients, 5-fold x 3, c-index): these
     settings with 128 cells 0.622, 60 epochs 0.646, 300 epochs at lr 1e-3 0.594, 16-d input
     and weight decay 0.1 0.655, 256 cells 0.674 (the default): more cells per bag helps,
     longer training overfits.
     """
 
+    epochs: int               # full-batch steps
+    max_cells: int            # cells drawn per patient (with replacement when fewer)
+    seed: int
     hidden: int = 32          # width of the cell projection
     attention: int = 16       # width of the gated attention
     dropout: float = 0.25     # on the cell projection
-    epochs: int = 150         # full-batch steps
     lr: float = 3e-3
     weight_decay: float = 1e-2
-    max_cells: int = 256      # cells drawn per patient (with replacement when fewer)
     input_dim: int = 32       # principal components of the cell embeddings fed to the model
-    seed: int = 0
+
+
+def mil_config(settings: SurvivalSettings) -> MILConfig | None:
+    """The MIL model of the survival settings; None when ``mil_epochs`` is 0 (no model)."""
+    if settings.mil_epochs == 0:
+        return None
+    return MILConfig(epochs=settings.mil_epochs, max_cells=settings.mil_cells,
+                     seed=settings.seed)
 
 
 class AttentionMIL(nn.Module):
     """``(batch, cells, d)`` bags + ``(batch, cells)`` bool mask -> ``(batch,)`` log-risk."""
 
-    def __init__(self, in_dim: int, config: MILConfig = MILConfig()):
+    def __init__(self, in_dim: int, config: MILConfig):
         super().__init__()
         self.project = nn.Sequential(nn.Linear(in_dim, config.hidden), nn.ReLU(),
                                      nn.Dropout(config.dropout))
@@ -131,7 +145,7 @@ class FittedMIL:
 
 
 def fit_mil(cells: Sequence[np.ndarray], time: np.ndarray, event: np.ndarray,
-            config: MILConfig = MILConfig()) -> FittedMIL:
+            config: MILConfig) -> FittedMIL:
     """Train :class:`AttentionMIL` on the bags ``cells`` with :func:`cox_loss` (seeded, CPU)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)

@@ -126,3 +126,36 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
+
+
+def write_figures(results, out_dir: str | Path) -> None:
+    """``cindex.png``, ``km.png``, ``forest.png`` and ``td_auc.png`` in ``out_dir`` from the
+    tables of ``pastflow survival`` (a :class:`pastflow.survival.cohort.SurvivalResults`)."""
+    from pastflow.survival.metrics import ALL_FAILED, unavailable_reason
+
+    out = Path(out_dir)
+    risk = results.risk
+    time, event = risk["os_time"].to_numpy(float), risk["os_event"].to_numpy(int)
+    models = [c for c in risk.columns if c not in ("patient", "os_time", "os_event")]
+    fig, _ = km_figure(time, event, {m: risk[m].to_numpy(float) for m in models})
+    save_figure(fig, out / "km.png")
+
+    summary = results.coefficients
+    combined = results.models.set_index("model").loc["combined"]
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.28 * len(summary)))
+    plot_forest(summary, ax, title=f"combined model, all {int(combined['n_patients'])} "
+                                   f"patients (penalizer {combined['final_penalizer']:g})")
+    fig.tight_layout()
+    save_figure(fig, out / "forest.png")
+
+    fig, ax = plt.subplots(figsize=(6, 0.9 + 0.45 * len(results.cindex)))
+    plot_cindex(results.cindex, ax)
+    fig.tight_layout()
+    save_figure(fig, out / "cindex.png")
+
+    # An empty td-AUC table: the reason is found again from the outcomes.
+    reason = (unavailable_reason(time, event) or ALL_FAILED) if results.td_auc.empty else None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_td_auc(results.td_auc, ax, reason)
+    fig.tight_layout()
+    save_figure(fig, out / "td_auc.png")
