@@ -78,9 +78,12 @@ def real_sample() -> tuple[Path, Path]:
         return store, table
     sim, zarr = CACHE / "simulated", CACHE / f"xenium_{N_CELLS}.zarr"
     bundle = sim / "bench" / "xenium"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    settings = CACHE / "simulate.yaml"
+    settings.write_text(f"simulate: {{n_cells: {N_CELLS}}}\n")
     steps = [
         ["simulate", "sample", "--out", str(sim), "--sample", "bench", "--patient", "B",
-         "--technology", "xenium", "--n-cells", str(N_CELLS), "--no-progress"],
+         "--technology", "xenium", "--settings", str(settings), "--no-progress"],
         ["ingest", "--sample", "bench", "--patient", "B", "--technology", "xenium",
          "--data", str(bundle), "--image", str(bundle / "he.ome.tif"),
          "--alignment", str(bundle / "he_imagealignment.csv"), "--out", str(zarr),

@@ -41,7 +41,7 @@ from pastflow.simulate.cohort import simulate_sample
 
 root = Path(sys.argv[1])
 settings = root.parent / f"{root.name}-settings.yaml"  # beside the outputs compared
-settings.write_text("qc: {min_cells: 1}\n")
+settings.write_text("qc: {min_cells: 1}")
 for seed, technology in enumerate(["xenium", "visium", "he_only"]):
     sample = f"s_{technology}"
     folder = simulate_sample(root / "simulated", sample, "P1", technology, n_cells=60, seed=seed,

@@ -111,9 +111,12 @@ def test_sigkill_during_patches_leaves_no_output(large_slide, tmp_path):
                            progress=False)
     out = tmp_path / "patches" / "s.h5"
     out.parent.mkdir()
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("patches: {workers: 1}\n")
     status = kill_when_writing(
         [sys.executable, "-m", "pastflow", "patches", "--ingested", str(sample), "--out", str(out),
-         "--gallery", str(out.parent / "s_gallery.png"), "--workers", "1", "--no-progress"],
+         "--gallery", str(out.parent / "s_gallery.png"), "--settings", str(settings),
+         "--no-progress"],
         out.parent, "s")
     assert status == -signal.SIGKILL
     assert_only_debris(out.parent, out)

@@ -295,16 +295,22 @@ _leaf_target = _numeric_target
 
 # --- settings files: what a stage command reads ------------------------------------------
 
+def read_yaml(path: str | Path, what: str):
+    """The document of a YAML (or JSON) file; :class:`InputError` naming ``path`` when it is
+    missing or not YAML (``what`` names the file's role: "settings file", "marker panel")."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(path, f"{what} is not valid YAML ({err})") from None
+
+
 def read_settings_file(path: str | Path) -> dict:
     """A YAML or JSON document of config sections (a workflow config, or the one-section
     file the workflow writes for a job)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "settings file not found")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML or JSON ({err})") from None
+    document = read_yaml(path, "settings file")
     if document is None:
         return {}
     if not isinstance(document, dict):

@@ -2,6 +2,7 @@
 # of range or a bad sheet stops the workflow with a message naming the key, or the file, the
 # line and the column.
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def rule_resources(rule):
     ``set-resources`` wins). Runtimes grow with the attempt: a retried job (``retries:``,
     e.g. a pre-empted pretraining requeued by Slurm) gets more time to finish."""
     values = getattr(SETTINGS.resources, rule).to_dict()
+    if not values["gpu"]:
+        del values["gpu"]  # CPU-only rules ask for no GPU resource at all
     runtime = values.pop("runtime")
     values["runtime"] = lambda wildcards, attempt: runtime * attempt
     return values
@@ -112,9 +115,13 @@ def pretrain_launcher(wildcards, resources):
     )
 
 
-def sheet(field):
-    """Input/params function returning one sheet column of the wildcard's sample."""
-    return lambda wildcards: samples.loc[wildcards.sample, field]
+def quoted_sheet_row(wildcards):
+    """The sample's sheet row, every value quoted for the shell: a path with spaces or quotes
+    stays one argument, and an empty one is still an argument ('')."""
+    return {
+        column: shlex.quote(str(value))
+        for column, value in samples.loc[wildcards.sample].items()
+    }
 
 
 def ingest_inputs(wildcards):
@@ -179,8 +186,6 @@ def survival_gene_sets():
 
 def survival_options(wildcards, input):
     """Optional input of ``pastflow survival``: the simulated cohort's true hazard."""
-    import shlex
-
     return f"--truth {shlex.quote(input.truth)}" if input.truth else ""
 
 

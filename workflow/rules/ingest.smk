@@ -12,10 +12,10 @@ rule ingest:
         **rule_resources("ingest"),
     params:
         pastflow=PASTFLOW,
-        row=lambda wildcards: samples.loc[wildcards.sample].to_dict(),
+        row=quoted_sheet_row,
     shell:
         "{params.pastflow} ingest --sample {wildcards.sample:q}"
-        " --patient {params.row[patient]:q} --technology {params.row[technology]:q}"
-        " --data {params.row[data]:q} --image {params.row[image]:q}"
-        " --alignment {params.row[alignment]:q} --settings {input.settings}"
+        " --patient {params.row[patient]} --technology {params.row[technology]}"
+        " --data {params.row[data]} --image {params.row[image]}"
+        " --alignment {params.row[alignment]} --settings {input.settings}"
         " --out {output:q} > {log:q} 2>&1"

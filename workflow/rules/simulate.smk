@@ -15,12 +15,12 @@ if SIMULATED:
         params:
             pastflow=PASTFLOW,
             out=lambda wildcards, output: Path(output[0]).parent,
-            row=lambda wildcards: samples.loc[wildcards.sample].to_dict(),
+            row=quoted_sheet_row,
             # The section seed: the sample's row in the sheet.
             seed=lambda wildcards: SAMPLES.index(wildcards.sample),
         shell:
             "{params.pastflow} simulate sample --out {params.out:q} --sample {wildcards.sample:q}"
-            " --patient {params.row[patient]:q} --technology {params.row[technology]:q}"
+            " --patient {params.row[patient]} --technology {params.row[technology]}"
             " --seed {params.seed} --settings {input.settings} > {log:q} 2>&1"
 
     rule simulate_clinical:

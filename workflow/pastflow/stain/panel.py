@@ -41,15 +41,10 @@ class Marker:
 
 def read_panel(path: str | Path) -> list[Marker]:
     """Parse and check a panel YAML; InputError naming the file and the bad entry."""
-    import yaml
+    from pastflow.settings import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "marker panel not found")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML ({err})") from None
+    doc = read_yaml(path, "marker panel")
     if not isinstance(doc, dict) or not isinstance(doc.get("markers"), dict) or not doc["markers"]:
         raise InputError(path, "expected a mapping 'markers:' of marker name -> {genes: [...]}")
     panel = []
