@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 
 def test_the_schema_file_is_the_one_the_classes_write():
     assert yaml.safe_load(SCHEMA_PATH.read_text()) == config_schema(), (
-        "run `PYTHONPATH=workflow python -m pastflow.config` to rewrite the schema")
+        "run `.venv/bin/python -m pastflow.config` to rewrite the schema")
 
 
 def test_config_readme_lists_every_key_with_its_default(repo_root):
@@ -34,7 +34,7 @@ def test_config_readme_lists_every_key_with_its_default(repo_root):
     demo = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     readme = README_PATH.read_text()
     assert readme_tables(demo) in readme, (
-        "run `PYTHONPATH=workflow python -m pastflow.config` to rewrite config/README.md")
+        "run `.venv/bin/python -m pastflow.config` to rewrite config/README.md")
     assert "| `qc.min_counts` | `10` |" in readme
     assert "| `pretrain.train.lr` | `0.0003` | `0.001` |" in readme
 
