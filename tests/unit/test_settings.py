@@ -91,6 +91,20 @@ def test_a_stage_reads_its_section_from_any_config_file(tmp_path):
         load_section(QCSettings, "qc", tmp_path / "absent.yaml")
 
 
+def test_a_settings_file_keeps_the_order_of_ordered_mappings(tmp_path):
+    """simulate.n_cells patterns match first to last: the file the workflow writes must not
+    reorder them (sorted keys once gave every slide the catch-all's count)."""
+    from pastflow.simulate.settings import SimulateSettings
+    from pastflow.settings import write_settings_file
+
+    settings = SimulateSettings.from_config({"n_cells": {"cohort*": 400, "*": 2500}}, "simulate")
+    path = tmp_path / "simulate.json"
+    assert write_settings_file({"simulate": settings.to_dict()}, path)
+    assert not write_settings_file({"simulate": settings.to_dict()}, path)  # unchanged: kept
+    read = load_section(SimulateSettings, "simulate", path)
+    assert read.cells_for("cohort07") == 400 and read.cells_for("sim01") == 2500
+
+
 def test_cross_field_checks_name_the_key():
     @dataclass(frozen=True)
     class Window(Settings):

@@ -332,7 +332,7 @@ def load_section(cls: type[Settings], section: str, path: str | Path | None):
         settings = cls.from_config(_dig(document, section), section, source=path)
     logging.getLogger("pastflow.settings").info(
         "%s settings (%s): %s", section, path or "defaults",
-        json.dumps(settings.to_dict(), sort_keys=True))
+        json.dumps(settings.to_dict()))
     return settings
 
 
@@ -357,7 +357,8 @@ def write_json_if_changed(document: Any, path: str | Path) -> bool:
     from pastflow.atomic import atomic_path
 
     path = Path(path)
-    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    # Keys keep their order: some mappings are ordered (simulate.n_cells: first match wins).
+    text = json.dumps(document, indent=2) + "\n"
     if path.is_file() and path.read_text() == text:
         return False
     with atomic_path(path) as tmp:
