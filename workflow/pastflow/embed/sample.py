@@ -31,12 +31,12 @@ import torch
 
 from pastflow.atomic import atomic_path
 from pastflow.embed.encode import embed_expression, embed_images, random_model
-from pastflow.resolution import check_store
 from pastflow.embed.settings import EmbedSettings
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.data import read_qc_table
 from pastflow.patches.reader import PatchStore
+from pastflow.resolution import check_store
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from pastflow.atomic import atomic_path
-from pastflow.resolution import check_resolution
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.data import read_qc_table
 from pastflow.predict.head import cohort_library, predict_log_expression
 from pastflow.predict.settings import PredictSettings
+from pastflow.resolution import check_resolution
 from pastflow.tables import read_h5ad
 
 log = logging.getLogger(__name__)
