@@ -175,8 +175,11 @@ def test_front_page_has_the_key_numbers(small_run):
     assert set(summary["cindex"]) >= {"clinical", "image", "combined", "true_hazard"}
     with h5py.File(small_run / "results" / "patches" / "xa.h5") as store:
         assert summary["cells"] > int(store["cells/in_slide"][:].sum())
-    assert set(summary["pearson_50"]["mean_by_method"]) == {
+    assert set(summary["expression"]["methods"]) == {
         "pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder"}
+    # Per test sample, never a mean across technologies: hd (visium_hd) and c1 (xenium).
+    by_sample = {row["sample"]: row["technology"] for row in summary["expression"]["by_sample"]}
+    assert by_sample["hd"] == "visium_hd" and by_sample["c1"] == "xenium"
     html = (small_run / "results" / "report.html").read_text(errors="replace")
     assert "Key numbers" in html and f"{summary['cells']:,}" in html
 

@@ -372,7 +372,9 @@ def test_failure_while_writing_leaves_no_output(simulated, tmp_path, monkeypatch
     (["--technology", "merfish"], "unknown technology 'merfish'"),
     (["--technology", "visium", "--data", "{missing}", "--image", "{png}"], "{missing}: data not found"),
     (["--technology", "he_only", "--image", "{empty}"], "{empty}: image file is empty"),
-    (["--technology", "he_only", "--image", "{png}"], "{png}: the slide records no microns per pixel"),
+    (["--technology", "he_only", "--image", "{png}"], "{png}: the slide records no microns per pixel; "
+     "give it in the sample sheet column mpp (this slide) or the config key ingest.mpp"),
+    (["--technology", "he_only", "--image", "{png}", "--mpp", ""], "{png}: the slide records no microns"),
     (["--technology", "xenium", "--data", "{dir}", "--image", "{png}"], "needs --alignment"),
 ])
 def test_cli_rejects_bad_input_with_a_message(tmp_path, capsys, args, problem):
@@ -406,3 +408,37 @@ def test_cli_ingests_a_png_with_mpp(tmp_path, caplog):
     table = ad.read_zarr(out / "tables" / TABLE_KEY)
     assert table.shape == (3, 0) and table.uns["pastflow"]["mpp_source"] == "config ingest.mpp"
     assert "ingested s (he_only): 3 cells x 0 genes" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan"])
+def test_cli_refuses_a_bad_mpp(tmp_path, capsys, value):
+    from pastflow.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["ingest", "--sample", "s", "--patient", "p", "--technology", "he_only",
+              "--image", str(tmp_path / "he.png"), "--mpp", value, "--out", str(tmp_path / "o.zarr")])
+    assert exit_.value.code == 2
+    assert (f"argument --mpp: {value!r} is not a positive number of microns per pixel (leave it "
+            "empty to use the config key ingest.mpp)") in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize("config", [None, "ingest: {mpp: 2.0}\n"])
+def test_cli_mpp_from_the_sheet_overrides_the_config(tmp_path, config):
+    """``--mpp`` (the sheet column ``mpp``) is this sample's resolution; the config's
+    ``ingest.mpp`` (here a wrong 2.0 um/px, or none) is not used."""
+    from pastflow.cli import main
+
+    centres = np.array([[30.0, 30.0], [80.0, 40.0], [50.0, 90.0]])
+    write_he_png(tmp_path / "he.png", (128, 128), centres, 8)
+    out = tmp_path / "he.zarr"
+    argv = ["ingest", "--sample", "s", "--patient", "p", "--technology", "he_only", "--data", "",
+            "--image", str(tmp_path / "he.png"), "--alignment", "", "--mpp", "0.5",
+            "--out", str(out), "--no-progress"]
+    if config:
+        (tmp_path / "config.yaml").write_text(config)
+        argv += ["--settings", str(tmp_path / "config.yaml")]
+    assert main(argv) == 0
+    meta = ad.read_zarr(out / "tables" / TABLE_KEY).uns["pastflow"]
+    assert meta["mpp"] == pytest.approx(0.5)
+    assert meta["mpp_source"] == "sample sheet column mpp"

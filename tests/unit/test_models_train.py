@@ -171,6 +171,66 @@ def test_resuming_with_another_config_is_refused(uninterrupted, cohort):
         pretrain(changed, samples_of(cohort), uninterrupted.out_dir, progress=False)
 
 
+SHORT = {**CONFIG, "train": {**CONFIG["train"], "steps": 6, "checkpoint_every": 3}}
+
+
+def test_a_checkpoint_of_other_training_data_is_moved_aside_not_resumed(cohort, tmp_path,
+                                                                         caplog):
+    """A sample moved from train to test (here: dropped from the training set), or a
+    rebuilt training store: the old checkpoints are moved aside, training starts fresh and
+    the model records what it was trained on."""
+    import shutil
+
+    import h5py
+
+    samples = []  # copies: this test rewrites one store
+    for sample in cohort:
+        store, table = tmp_path / sample.store.name, tmp_path / sample.table.name
+        shutil.copy(sample.store, store)
+        shutil.copy(sample.table, table)
+        samples.append((str(store), str(table)))
+    out = tmp_path / "run"
+    pretrain(SHORT, samples, out, progress=False)
+    assert [row["sample"] for row in first_data(out)] == ["s1", "s2"]
+
+    with caplog.at_level("WARNING", logger="pastflow.models.train"):
+        pretrain(SHORT, samples[:1], out, progress=False)  # s2 now held out
+    assert "trained on other data (removed: s2)" in caplog.text
+    assert (out / "checkpoints.old-1").is_dir()
+    assert [row["sample"] for row in first_data(out)] == ["s1"]
+    metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
+    assert metrics["step"].tolist() == list(range(1, 7))  # every step trained again
+
+    caplog.clear()
+    with h5py.File(samples[0][0], "a") as f:  # the store of s1 rebuilt with other content
+        f.attrs["rebuilt"] = 1
+    with caplog.at_level("WARNING", logger="pastflow.models.train"):
+        pretrain(SHORT, samples[:1], out, progress=False)
+    assert "trained on other data (changed: s1)" in caplog.text
+    assert (out / "checkpoints.old-2").is_dir()
+
+
+def first_data(out):
+    return load_checkpoint(out / "model").training_data
+
+
+def test_a_test_sample_the_model_was_trained_on_is_refused(cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    pretrain(SHORT, samples_of(cohort), out, progress=False)
+    argv = ["embed", "--model", str(out / "model"), "--store", str(cohort[1].store),
+            "--out", str(tmp_path / "s2.h5ad")]
+    assert cli_main(argv + ["--split", "test"]) == 2
+    assert "was trained on sample 's2', which the sample sheet now marks 'test'" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "s2.h5ad").exists()
+    assert cli_main(argv + ["--split", "train"]) == 0  # embedding a training sample is fine
+    predict = ["predict", "--model", str(out / "model"), "--embedding", str(tmp_path / "s2.h5ad"),
+               "--out", str(tmp_path / "p.h5ad"), "--split"]
+    assert cli_main(predict + ["test"]) == 2
+    assert "which the sample sheet now marks 'test'" in capsys.readouterr().err
+    assert cli_main(predict + ["train"]) == 0
+
+
 DDP_DRIVER = """
 import json, logging, os, sys
 from pathlib import Path

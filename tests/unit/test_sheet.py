@@ -55,6 +55,33 @@ def test_bad_rows_name_line_and_column(tmp_path, row, expected):
     assert expected in str(err.value)
 
 
+def test_mpp_column_is_optional(tmp_path):
+    without = write_sheet(tmp_path, ["s1", "p1", "he_only", "", "x.png", "", "test"])
+    sheet = load_sample_sheet(without, check_paths=False)
+    assert sheet.loc["s1", "mpp"] == ""
+    with_mpp = tmp_path / "with_mpp.tsv"
+    with_mpp.write_text(HEADER.replace("\n", "\tmpp\n")
+                        + "s1\tp1\the_only\t\tx.png\t\ttest\t0.25\n"
+                        + "s2\tp1\the_only\t\ty.png\t\ttest\t\n")
+    sheet = load_sample_sheet(with_mpp, check_paths=False)
+    assert sheet.loc["s1", "mpp"] == "0.25" and sheet.loc["s2", "mpp"] == ""
+    assert list(sheet.columns[:7]) == HEADER.split()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf"])
+def test_bad_mpp_names_line_column_and_config_key(tmp_path, value):
+    path = tmp_path / "samples.tsv"
+    path.write_text(HEADER.replace("\n", "\tmpp\n")
+                    + "s1\tp1\the_only\t\tx.png\t\ttest\t0.5\n"
+                    + f"s2\tp1\the_only\t\ty.png\t\ttest\t{value}\n")
+    with pytest.raises(InputError) as err:
+        load_sample_sheet(path, check_paths=False)
+    message = str(err.value)
+    assert message.startswith(f"{path}: line 3 (sample 's2'), column 'mpp': {value!r} is not a "
+                              "positive number of microns per pixel")
+    assert "ingest.mpp" in message and "\n" not in message
+
+
 def test_duplicate_sample_names_first_line(tmp_path):
     row = ["s1", "p1", "he_only", "", "x", "", "test"]
     path = write_sheet(tmp_path, row, ["s2", "p1", "he_only", "", "x", "", "test"], row)

@@ -1,4 +1,5 @@
-"""The run summary (report front page): counts and per-stage numbers from the stage tables."""
+"""The run summary (report front page): counts and per-stage numbers from the stage tables,
+per test sample and per technology, never a mean across technologies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pastflow.errors import InputError
-from pastflow.summary.gather import summarise_run, summary_rows, write_summary
+from pastflow.summary.gather import COLUMNS, summarise_run, summary_rows, write_summary
 
 
 def fake_store(path, in_slide):
@@ -19,29 +20,113 @@ def fake_store(path, in_slide):
     return path
 
 
-def test_summary_counts_cells_and_averages_methods(tmp_path):
+def write_tsv(path, **columns):
+    pd.DataFrame(columns).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def metrics_table(path, r_by_sample: dict[str, float]):
+    """metrics.tsv: the head at the given r, the mean baseline at 0, per sample."""
+    samples = list(r_by_sample)
+    return write_tsv(path, sample=[s for s in samples for _ in range(2)],
+                     method=["pastflow_head", "mean_baseline"] * len(samples),
+                     mean_pearson_50=[v for s in samples for v in (r_by_sample[s], 0.0)],
+                     n_genes=[50] * 2 * len(samples), n_cells=[100] * 2 * len(samples))
+
+
+def test_two_test_samples_of_two_technologies_give_two_rows_and_no_mean(tmp_path):
     stores = [fake_store(tmp_path / "a.h5", [1, 1, 0]), fake_store(tmp_path / "b.h5", [1] * 5)]
-    metrics = tmp_path / "metrics.tsv"
-    pd.DataFrame({"sample": ["a", "a", "b", "b"], "method": ["pastflow_head", "mean_baseline"] * 2,
-                  "mean_pearson_50": [0.8, 0.0, 0.6, 0.0]}).to_csv(metrics, sep="\t", index=False)
-    cindex = tmp_path / "cindex.tsv"
-    pd.DataFrame({"model": ["combined", "true_hazard"], "cindex": [0.71, 0.78],
-                  "ci_low": [0.65, 0.74], "ci_high": [0.77, 0.82]}).to_csv(cindex, sep="\t", index=False)
-    summary = summarise_run(["xenium", "visium"], stores, metrics=metrics, cindex=cindex)
+    metrics = metrics_table(tmp_path / "metrics.tsv", {"a": 0.8, "b": 0.6})
+    summary = summarise_run(["xenium", "visium"], stores, metrics=metrics, samples=["a", "b"])
     assert summary["samples"] == 2 and summary["cells"] == 7
     assert summary["technologies"] == {"visium": 1, "xenium": 1}
-    assert summary["pearson_50"] == {"test_samples": 2,
-                                     "mean_by_method": {"mean_baseline": 0.0, "pastflow_head": 0.7}}
-    assert summary["cindex"]["combined"] == {"cindex": 0.71, "ci_low": 0.65, "ci_high": 0.77}
-    assert "hscore_agreement" not in summary  # that stage did not run
+    expression = summary["expression"]
+    assert expression["test_samples"] == 2
+    assert expression["methods"] == ["pastflow_head", "mean_baseline"]  # the head first
+    assert [(s["sample"], s["technology"], s["pearson_50"]["pastflow_head"])
+            for s in expression["by_sample"]] == [("b", "visium", 0.6), ("a", "xenium", 0.8)]
+    # One test sample per technology: its value, not a median.
+    assert [(t["technology"], t["statistic"], t["pearson_50"]["pastflow_head"])
+            for t in expression["by_technology"]] == [
+        ("visium", "value", {"value": 0.6, "n": 1}), ("xenium", "value", {"value": 0.8, "n": 1})]
+
     rows = summary_rows(summary)
-    assert rows.loc[rows["item"] == "combined", "value"].item() == "0.710 (0.650-0.770)"
+    assert list(rows.columns) == COLUMNS
+    head = rows[(rows["metric"] == "pearson_50") & (rows["method"] == "pastflow_head")]
+    per_sample = head[head["level"] == "sample"]
+    assert sorted(zip(per_sample["sample"], per_sample["technology"], per_sample["value"])) == [
+        ("a", "xenium", 0.8), ("b", "visium", 0.6)]
+    assert set(per_sample["n"]) == {50} and set(per_sample["n_of"]) == {"genes"}
+    # Every expression row is one sample's or one technology's: none spans both technologies.
+    assert set(rows.loc[rows["section"] == "expression", "level"]) == {"sample", "technology"}
+    assert head["technology"].notna().all()
+    assert len(head) == 4 and not np.isclose(head["value"].astype(float), 0.7).any()
+    assert (head["statistic"] == "value").all() and head["low"].isna().all()
+
+
+def test_a_technology_with_several_test_samples_gives_its_median_and_range(tmp_path):
+    stores = [fake_store(tmp_path / f"{s}.h5", [1]) for s in "abcd"]
+    metrics = metrics_table(tmp_path / "metrics.tsv", {"a": 0.9, "b": 0.5, "c": 0.6, "d": 0.2})
+    summary = summarise_run(["xenium", "xenium", "xenium", "visium"], stores, metrics=metrics,
+                            samples=["a", "b", "c", "d"])
+    by_technology = {t["technology"]: t for t in summary["expression"]["by_technology"]}
+    assert by_technology["xenium"]["statistic"] == "median"
+    assert by_technology["xenium"]["test_samples"] == 3
+    assert by_technology["xenium"]["pearson_50"]["pastflow_head"] == {
+        "value": 0.6, "min": 0.5, "max": 0.9, "n": 3}
+    assert by_technology["visium"]["pearson_50"]["pastflow_head"] == {"value": 0.2, "n": 1}
+
+    rows = summary_rows(summary)
+    tech = rows[(rows["level"] == "technology") & (rows["section"] == "expression")
+                & (rows["method"] == "pastflow_head")].set_index("technology")
+    assert tech.loc["xenium", ["statistic", "value", "low", "high", "n", "n_of"]].tolist() == [
+        "median", 0.6, 0.5, 0.9, 3, "test samples"]
+    assert tech.loc["xenium", "interval"] == "min-max over test samples"
+    assert tech.loc["visium", "statistic"] == "value" and tech.loc["visium", "n"] == 1
+    assert len(rows[(rows["level"] == "sample") & (rows["method"] == "pastflow_head")]) == 4
+
+
+def test_cohort_rows_say_their_level_and_n_and_the_files_agree(tmp_path):
+    stores = [fake_store(tmp_path / "a.h5", [1, 1, 0])]
+    cindex = write_tsv(tmp_path / "cindex.tsv", model=["combined", "true_hazard"],
+                       cindex=[0.71, 0.78], ci_low=[0.65, 0.74], ci_high=[0.77, 0.82])
+    outcomes = write_tsv(tmp_path / "outcomes.tsv", patient=["P1", "P2", "P3"],
+                         os_time=[1.0, 2.0, 3.0], os_event=[1, 0, 1])
+    agreement = write_tsv(tmp_path / "agreement.tsv", marker=["CD3", "CD3"],
+                          level=["slide", "region"], pearson_r=[np.nan, 0.9], n=[2, 8])
+    summary = summarise_run(["xenium"], stores, cindex=cindex, outcomes=outcomes,
+                            agreement=agreement, samples=["a"])
+    assert "expression" not in summary  # that stage did not run
+    assert summary["cindex"]["combined"] == {"cindex": 0.71, "ci_low": 0.65, "ci_high": 0.77,
+                                             "level": "patient", "n": 3, "events": 2}
+    assert summary["hscore_agreement"]["CD3 (slide)"]["pearson_r"] is None  # too few slides
+
+    rows = summary_rows(summary)
+    combined = rows[rows["method"] == "combined"].iloc[0]
+    assert combined[["section", "level", "value", "low", "high", "interval", "n", "n_of"]].tolist() == [
+        "survival", "patient", 0.71, 0.65, 0.77, "95% CI", 3, "patients"]
+    ihc = rows[rows["section"] == "virtual_ihc"].set_index("level")
+    assert ihc.loc["region", ["marker", "value", "n", "n_of"]].tolist() == ["CD3", 0.9, 8, "regions"]
+    assert ihc.loc["slide", "n_of"] == "slides"
 
     out_json, out_tsv = tmp_path / "out" / "summary.json", tmp_path / "out" / "summary.tsv"
     out_json.parent.mkdir()
     write_summary(summary, out_json, out_tsv)
     assert json.loads(out_json.read_text()) == summary
-    assert len(pd.read_csv(out_tsv, sep="\t")) == len(rows)
+    written = pd.read_csv(out_tsv, sep="\t", dtype=str)
+    assert list(written.columns) == COLUMNS and len(written) == len(rows)
+    assert written.loc[written["metric"] == "samples", "value"].iloc[0] == "1"  # not "1.0"
+
+
+def test_expression_needs_every_test_sample_in_the_sheet(tmp_path):
+    stores = [fake_store(tmp_path / "a.h5", [1])]
+    metrics = metrics_table(tmp_path / "metrics.tsv", {"a": 0.5, "zz": 0.4})
+    with pytest.raises(InputError, match="metrics.tsv.*not in the sample sheet: zz"):
+        summarise_run(["xenium"], stores, metrics=metrics, samples=["a"])
+    with pytest.raises(InputError, match="--samples"):
+        summarise_run(["xenium"], stores, metrics=metrics)
+    with pytest.raises(InputError, match="2 samples .* 1 technologies"):
+        summarise_run(["xenium"], stores, samples=["a", "b"])
 
 
 def test_a_table_without_its_contract_columns_is_named(tmp_path):
@@ -52,3 +137,39 @@ def test_a_table_without_its_contract_columns_is_named(tmp_path):
         summarise_run(["xenium"], stores, agreement=bad)
     with pytest.raises(InputError, match="not a pastflow patch store"):
         summarise_run(["xenium"], [tmp_path / "hscore_agreement.tsv"])
+
+
+def render_front_page(repo_root, run_summary) -> tuple[str, str]:
+    """workflow/report/workflow.rst as Snakemake renders it: Jinja, then docutils."""
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+
+    class Snakemake:
+        config = {"samples": "config/samples.tsv", "run_summary": run_summary}
+
+    template = (repo_root / "workflow" / "report" / "workflow.rst").read_text()
+    text = Environment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
+        snakemake=Snakemake)
+    html = publish_parts(text, writer="html",
+                         settings_overrides={"report_level": 2, "halt_level": 5})["html_body"]
+    return text, html
+
+
+def test_front_page_shows_a_compact_per_sample_table(tmp_path, repo_root):
+    names = [f"s{i:02d}" for i in range(12)]
+    technologies = ["xenium"] * 11 + ["visium"]
+    stores = [fake_store(tmp_path / f"{s}.h5", [1]) for s in names]
+    metrics = metrics_table(tmp_path / "metrics.tsv", {s: 0.5 + i / 100 for i, s in enumerate(names)})
+    cindex = write_tsv(tmp_path / "cindex.tsv", model=["combined"], cindex=[0.71], ci_low=[0.65],
+                       ci_high=[0.77])
+    summary = summarise_run(technologies, stores, metrics=metrics, cindex=cindex, samples=names)
+    text, html = render_front_page(repo_root, json.loads(json.dumps(summary)))
+    assert "Key numbers" in html and "system-message" not in html, text
+    assert "<table" in html and "pastflow_head" in html and "mean_baseline" in html
+    assert "s11" in html and "0.610" in html  # the visium sample sorts first
+    assert "s07" not in html and "4 more in summary.tsv" in html  # 8 of 12 shown
+    assert "median 0.550 (0.500-0.600)" in html  # xenium: 11 test samples
+    assert "combined 0.710 (0.650-0.770)" in html
+
+    _, html = render_front_page(repo_root, None)  # before the run has made its summary
+    assert "Key numbers" not in html and "system-message" not in html

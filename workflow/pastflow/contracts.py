@@ -24,6 +24,11 @@ ST) to H&E level-0 pixels; it is stored with the data, never implied.
 #   alignment: xenium: `*_he_imagealignment.csv`; legacy_st: the spot `*_selection.tsv`;
 #              otherwise empty
 SHEET_COLUMNS = ("sample", "patient", "technology", "data", "image", "alignment", "split")
+# Optional columns: a sheet may leave them out; the loaded sheet always has them ('' = not given).
+#   mpp:       level-0 microns per pixel of this sample's H&E, for a file that records none;
+#              empty = the config key `ingest.mpp`
+SHEET_MPP_COLUMN = "mpp"
+OPTIONAL_SHEET_COLUMNS = (SHEET_MPP_COLUMN,)
 
 OBS_COLUMNS = ("cell_id", "sample", "patient", "x_px", "y_px", "x_vendor", "y_vendor")
 

@@ -380,10 +380,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def project_path(path: str | Path) -> Path:
-    """A config path to a file shipped with pastflow (``resources/...``): as given when it is
-    absolute or exists relative to the working directory, else relative to the checkout, so
-    a run in another directory (``--directory``) finds the project's defaults."""
+    """A relative config path resolved as documented in the README: against the working
+    directory (``--directory``) when it exists there, else against the pastflow checkout
+    (``resources/...``, ``config/samples_her2st.tsv``), else as given, so that an error names
+    the path the user wrote."""
     path = Path(path)
-    if path.is_absolute() or path.exists():
+    if path.is_absolute() or path.exists() or not (PROJECT_ROOT / path).exists():
         return path
     return PROJECT_ROOT / path

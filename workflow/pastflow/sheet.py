@@ -7,6 +7,7 @@ and the column, so a user can fix a 1,000-row sheet without guessing.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from pastflow.contracts import SHEET_COLUMNS
+from pastflow.contracts import OPTIONAL_SHEET_COLUMNS, SHEET_COLUMNS, SHEET_MPP_COLUMN
 from pastflow.errors import InputError
 from pastflow.technologies import NAMES as TECHNOLOGY_NAMES
 from pastflow.technologies import REGISTRY as TECHNOLOGIES
@@ -56,14 +57,36 @@ def _read_tsv(path: Path) -> pd.DataFrame:
                                f"expected {', '.join(SHEET_COLUMNS)}")
     if sheet.empty:
         raise InputError(path, "sample sheet has a header but no samples")
+    for column in OPTIONAL_SHEET_COLUMNS:
+        if column not in sheet.columns:
+            sheet[column] = ""
     return sheet.apply(lambda col: col.str.strip())
+
+
+def parse_mpp(value: str) -> float | None:
+    """A sheet's (or ``--mpp``'s) resolution: None for '', else a positive finite float.
+
+    Raises:
+        ValueError: anything else, with the problem in one line.
+    """
+    if not value:
+        return None
+    try:
+        mpp = float(value)
+    except ValueError:
+        mpp = math.nan
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"{value!r} is not a positive number of microns per pixel (leave it "
+                         f"empty to use the config key ingest.mpp)")
+    return mpp
 
 
 def load_sample_sheet(path: str | Path, data_root: str | Path = ".",
                       check_paths: bool = True) -> pd.DataFrame:
     """Read ``samples.tsv``, validate every row, resolve paths against ``data_root``.
 
-    Returns a DataFrame indexed by sample with the columns of :data:`SHEET_COLUMNS`.
+    Returns a DataFrame indexed by sample with the columns of :data:`SHEET_COLUMNS` and
+    :data:`OPTIONAL_SHEET_COLUMNS` (an optional column the sheet leaves out is all '').
     ``check_paths=False`` skips the existence check (for paths a rule will create,
     e.g. the simulated cohort).
     """
@@ -81,6 +104,10 @@ def load_sample_sheet(path: str | Path, data_root: str | Path = ".",
             raise InputError(path, f"{where}, column 'sample': duplicate sample id "
                                    f"(first on line {seen[row['sample']]})")
         seen[row["sample"]] = line
+        try:
+            parse_mpp(row[SHEET_MPP_COLUMN])
+        except ValueError as err:
+            raise InputError(path, f"{where}, column '{SHEET_MPP_COLUMN}': {err}") from None
         for column in TECHNOLOGIES[row["technology"]].required(row["data"]):
             if not row[column]:
                 raise InputError(path, f"{where}, column '{column}': required for "

@@ -21,10 +21,12 @@ try:
     # hold the only defaults.
     SETTINGS = resolve_workflow_config(config)
     SIMULATED = SETTINGS.simulate.enabled
+    # Relative `samples` and `data_root` resolve against the working directory
+    # (--directory), else against the checkout (config/samples_her2st.tsv from anywhere).
+    SHEET = str(project_path(SETTINGS.samples))
+    DATA_ROOT = str(project_path(SETTINGS.data_root))
     # Simulated inputs do not exist yet: the simulate rules create them.
-    samples = load_sample_sheet(
-        SETTINGS.samples, SETTINGS.data_root, check_paths=not SIMULATED
-    )
+    samples = load_sample_sheet(SHEET, DATA_ROOT, check_paths=not SIMULATED)
 except InputError as err:
     sys.exit(f"pastflow: invalid input: {err}")
 SETTINGS_DIR = "results/settings"
@@ -115,13 +117,17 @@ def pretrain_launcher(wildcards, resources):
     )
 
 
-def quoted_sheet_row(wildcards):
-    """The sample's sheet row, every value quoted for the shell: a path with spaces or quotes
-    stays one argument, and an empty one is still an argument ('')."""
-    return {
-        column: shlex.quote(str(value))
-        for column, value in samples.loc[wildcards.sample].items()
-    }
+def sheet_values(*columns):
+    """A params function: the sample's values in ``columns`` of the sheet, quoted for the
+    shell (a path with spaces or quotes stays one argument, an empty one is still '').
+    Only these columns are the job's params, so editing another column (a split, another
+    path) does not rerun it."""
+
+    def values(wildcards):
+        row = samples.loc[wildcards.sample]
+        return {column: shlex.quote(str(row[column])) for column in columns}
+
+    return values
 
 
 def ingest_inputs(wildcards):

@@ -21,7 +21,9 @@ rule embed:
         pastflow=PASTFLOW,
         model=lambda wildcards, input: Path(input.weights).parent,
         table=optional_table,
+        row=sheet_values("split"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pastflow} embed --model {params.model}"
-        " --store {input.store} {params.table} --sample {wildcards.sample} --out {output}"
+        " --store {input.store} {params.table} --sample {wildcards.sample}"
+        " --split {params.row[split]} --out {output}"
         " --settings {input.settings} --no-progress > {log} 2>&1"

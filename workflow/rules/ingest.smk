@@ -12,10 +12,11 @@ rule ingest:
         **rule_resources("ingest"),
     params:
         pastflow=PASTFLOW,
-        row=quoted_sheet_row,
+        row=sheet_values("patient", "technology", "data", "image", "alignment", "mpp"),
     shell:
         "{params.pastflow} ingest --sample {wildcards.sample:q}"
         " --patient {params.row[patient]} --technology {params.row[technology]}"
         " --data {params.row[data]} --image {params.row[image]}"
-        " --alignment {params.row[alignment]} --settings {input.settings}"
+        " --alignment {params.row[alignment]} --mpp {params.row[mpp]}"
+        " --settings {input.settings}"
         " --out {output:q} > {log:q} 2>&1"

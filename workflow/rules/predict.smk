@@ -18,9 +18,11 @@ rule predict:
         pastflow=PASTFLOW,
         model=lambda wildcards, input: Path(input.weights).parent,
         table=optional_table,
+        row=sheet_values("split"),
     shell:
         "{params.pastflow} predict --model {params.model} --embedding {input.embedding}"
-        " {params.table} --out {output} --settings {input.settings} > {log} 2>&1"
+        " {params.table} --split {params.row[split]} --out {output}"
+        " --settings {input.settings} > {log} 2>&1"
 
 
 # Cohort level: the test samples with measured expression, against the baselines.

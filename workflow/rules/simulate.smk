@@ -15,7 +15,7 @@ if SIMULATED:
         params:
             pastflow=PASTFLOW,
             out=lambda wildcards, output: Path(output[0]).parent,
-            row=quoted_sheet_row,
+            row=sheet_values("patient", "technology"),
             # The section seed: the sample's row in the sheet.
             seed=lambda wildcards: SAMPLES.index(wildcards.sample),
         shell:

@@ -5,7 +5,7 @@
 rule survival_features:
     input:
         settings=settings_file("survival"),
-        sheet=SETTINGS.samples,
+        sheet=SHEET,
         clinical=survival_clinical(),
         embeddings=expand("results/embed/{sample}.h5ad", sample=SAMPLES),
         predictions=expand("results/predict/{sample}.h5ad", sample=SAMPLES),

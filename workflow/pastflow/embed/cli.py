@@ -29,6 +29,9 @@ def add_parser(subparsers) -> None:
                    help="the sample's QC table (.h5ad); omit for H&E-only samples")
     p.add_argument("--out", required=True, type=Path, help="embedding table to write (.h5ad)")
     p.add_argument("--sample", default=None, help="sample id (default: the store's file name)")
+    p.add_argument("--split", choices=("train", "val", "test"), default=None,
+                   help="the sample's split in the sheet: a test sample the model was trained "
+                        "on is refused")
     add_settings_argument(p, "embed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -41,4 +44,4 @@ def run(args: argparse.Namespace) -> None:
 
     settings = load_section(EmbedSettings, "embed", args.settings)
     embed_sample(args.model, args.store, args.out, settings, table_path=args.table,
-                 sample=args.sample, progress=not args.no_progress)
+                 sample=args.sample, split=args.split, progress=not args.no_progress)

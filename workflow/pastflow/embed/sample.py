@@ -35,6 +35,7 @@ from pastflow.embed.settings import EmbedSettings
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.data import read_qc_table
+from pastflow.models.provenance import check_held_out
 from pastflow.patches.reader import PatchStore
 from pastflow.resolution import check_store
 
@@ -47,12 +48,15 @@ def default_device() -> torch.device:
 
 def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | Path,
                  settings: EmbedSettings, *, table_path: str | Path | None = None,
-                 sample: str | None = None, progress: bool = True) -> ad.AnnData:
+                 sample: str | None = None, split: str | None = None,
+                 progress: bool = True) -> ad.AnnData:
     """Embed every in-slide cell of ``store_path`` with the model in ``model_dir`` (a
     checkpoint directory), and the expression of ``table_path`` (a QC table) when given;
     write the table described in the module docstring to ``out_path`` (atomically).
 
     ``settings``: batch size, seed of the random-weight baseline, device (config ``embed``).
+    ``split``: the sample's split in the sheet; a ``test`` sample the model was trained on is
+    refused (:func:`~pastflow.models.provenance.check_held_out`).
 
     Raises:
         InputError: unreadable model, store or table; a store at another resolution than
@@ -74,6 +78,7 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
                     len(store) - len(rows), len(store))
     cell_ids = np.asarray(store.cell_ids)[rows].astype(str)
     sample = sample or str(store.attrs.get("sample", Path(store_path).stem))
+    check_held_out(checkpoint.training_data, sample, split, model_dir)
     image_kwargs = dict(mean=config["data"]["mean"], std=config["data"]["std"],
                         batch_size=batch_size, device=device, progress=progress,
                         neighbor_radius_um=config["data"]["neighbor_radius_um"])

@@ -164,7 +164,8 @@ def choose_mpp(file_mpp: float | None, derived_mpp: float | None, source: str | 
         return float(file_mpp), "image metadata"
     if derived_mpp:
         return float(derived_mpp), derived_from
-    raise InputError(source, "no microns-per-pixel: not in the image, and none could be derived")
+    raise InputError(source, "no microns-per-pixel: not in the image, and none could be derived; "
+                             "give it in the sample sheet column mpp or the config key ingest.mpp")
 
 
 def is_blank(slide_path: str | Path) -> bool:

@@ -3,7 +3,8 @@
 Any format :func:`pastflow.slide.open_slide` reads: vendor WSIs through OpenSlide (SVS, NDPI,
 MRXS, ...), OME-TIFF and generic TIFF through tifffile, JPEG / PNG through Pillow. The
 resolution comes from the file, or from ``mpp`` when the file has none (JPEG, PNG, many
-TIFFs); with neither, the slide is refused: nucleus sizes and patch sizes are in microns.
+TIFFs): the sample sheet's column ``mpp``, else the config key ``ingest.mpp``; with neither, the
+slide is refused: nucleus sizes and patch sizes are in microns.
 """
 
 from __future__ import annotations
@@ -24,11 +25,18 @@ from pastflow.technologies import REGISTRY
 log = logging.getLogger(__name__)
 
 CELL_DIAMETER_UM = REGISTRY["he_only"].unit_diameter_um
+# ``mpp_source`` of a resolution the caller gave; ingest_sample names where it came from.
+GIVEN_MPP = "given"
+NO_MPP_FIX = ("give it in the sample sheet column mpp (this slide) or the config key ingest.mpp "
+              "(every slide that records none)")
 
 
 def read_he_only(image: str | Path, mpp: float | None = None, *, target_mpp: float = TARGET_MPP,
                  progress: bool = True) -> SampleParts:
     """Detect the nuclei of the slide at ``image``; each is a cell (id ``nucleus_0000001``, ...).
+
+    ``mpp``: microns per level-0 pixel when the file records none (``mpp_source``
+    :data:`GIVEN_MPP`).
 
     Raises:
         InputError: unreadable or blank slide, no resolution, or no nucleus found.
@@ -39,14 +47,13 @@ def read_he_only(image: str | Path, mpp: float | None = None, *, target_mpp: flo
     with open_slide(image) as slide:
         if slide.mpp:
             if mpp and abs(mpp / slide.mpp - 1) > MPP_TOLERANCE:
-                log.warning("%s: config ingest.mpp %.4f ignored, the file says %.4f um/px", image, mpp,
-                            slide.mpp)
+                log.warning("%s: the given mpp %.4f (sheet column mpp or ingest.mpp) ignored, "
+                            "the file says %.4f um/px", image, mpp, slide.mpp)
             mpp_value, mpp_source = slide.mpp, "image metadata"
         elif mpp:
-            mpp_value, mpp_source = float(mpp), "config ingest.mpp"
+            mpp_value, mpp_source = float(mpp), GIVEN_MPP
         else:
-            raise InputError(image, "the slide records no microns per pixel; give it with the "
-                                    "config key ingest.mpp")
+            raise InputError(image, f"the slide records no microns per pixel; {NO_MPP_FIX}")
         nuclei = detect_nuclei(slide, mpp_value, target_mpp=target_mpp, progress=progress)
     if nuclei.empty:
         raise InputError(image, "no nuclei found on the slide (blank, out of focus, or not an H&E?)")

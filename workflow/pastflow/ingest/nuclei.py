@@ -219,7 +219,8 @@ def detect_nuclei(slide: Slide, mpp: float, *, target_mpp: float = TARGET_MPP, t
         InputError: the slide has no usable resolution.
     """
     if not mpp or mpp <= 0:
-        raise InputError(slide.path, "nucleus detection needs the slide's microns per pixel")
+        raise InputError(slide.path, "nucleus detection needs the slide's microns per pixel; give "
+                                     "it in the sample sheet column mpp or the config key ingest.mpp")
     grid = plan_detection(slide, mpp, target_mpp, tile_px)
     threshold = estimate_threshold(slide, grid)
     log.info("%s: detecting nuclei on level %d (%.3f um/px, /%d -> %.3f um/px), %d tiles, "

@@ -14,6 +14,7 @@ from pastflow.errors import InputError
 from pastflow.ingest.common import (SampleParts, build_sdata, build_table, check_values, is_blank,
                                     pastflow_uns)
 from pastflow.ingest.he_image import export_ome_tiff, he_image_element
+from pastflow.ingest.he_only import GIVEN_MPP
 from pastflow.ingest.settings import IngestSettings
 from pastflow.technologies import technology as lookup_technology
 
@@ -93,7 +94,8 @@ def write_sample(parts: SampleParts, out: Path, sample: str, patient: str, techn
 def ingest_sample(sample: str, patient: str, technology: str, out: str | Path, *,
                   data: str | Path | None = None, image: str | Path | None = None,
                   alignment: str | Path | None = None,
-                  settings: IngestSettings = IngestSettings(), progress: bool = True) -> Path:
+                  settings: IngestSettings = IngestSettings(), sheet_mpp: float | None = None,
+                  progress: bool = True) -> Path:
     """Read one sample in its vendor format and write ``out`` (a SpatialData ``.zarr``) atomically.
 
     Args:
@@ -105,6 +107,8 @@ def ingest_sample(sample: str, patient: str, technology: str, out: str | Path, *
         settings: ``mpp``, microns per H&E pixel, used only when the slide and the vendor
             files give none; ``max_image_px``: larger H&Es are stored downsampled in the zarr
             (the original stays the ``slide_path`` the patches stage reads).
+        sheet_mpp: the sample's own resolution (sheet column ``mpp``); wins over
+            ``settings.mpp`` for this sample.
 
     Returns:
         ``out``. Raises :class:`InputError` on bad input, leaving nothing at ``out``.
@@ -112,7 +116,11 @@ def ingest_sample(sample: str, patient: str, technology: str, out: str | Path, *
     start = time.perf_counter()
     out = Path(out)
     paths = check_inputs(technology, _as_path(data), _as_path(image), _as_path(alignment))
-    parts = lookup_technology(technology).read(paths, sample, settings.mpp, progress)
+    mpp = settings.mpp if sheet_mpp is None else sheet_mpp
+    parts = lookup_technology(technology).read(paths, sample, mpp, progress)
+    if parts.uns.get("mpp_source") == GIVEN_MPP:  # the reader used it: say where it came from
+        parts.uns["mpp_source"] = ("sample sheet column mpp" if sheet_mpp is not None
+                                   else "config ingest.mpp")
     if len(parts.cell_ids) == 0:
         raise InputError(paths["data"] or paths["image"], "no cells / spots / bins to ingest")
     check_values(parts, paths["data"] or paths["image"])

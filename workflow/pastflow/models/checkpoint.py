@@ -59,10 +59,14 @@ class Checkpoint:
     path: Path
     training: dict | None = None
     tensors: dict = field(default_factory=dict)
+    # Per training sample: id and fingerprints of its store and table (models.provenance);
+    # None for checkpoints written before pastflow recorded them.
+    training_data: list | None = None
 
 
 def save_checkpoint(path: str | Path, model: PastModel, config: dict, *, step: int,
-                    training: dict | None = None, tensors: dict | None = None) -> Path:
+                    training: dict | None = None, tensors: dict | None = None,
+                    training_data: list | None = None) -> Path:
     """Write checkpoint directory ``path`` atomically and return it.
 
     Args:
@@ -72,13 +76,15 @@ def save_checkpoint(path: str | Path, model: PastModel, config: dict, *, step: i
         step: optimizer steps done.
         training: JSON-serialisable training state (see :mod:`pastflow.models.train`).
         tensors: its tensors (optimizer moments, RNG states...), saved beside the model.
+        training_data: what the model was trained on (:func:`pastflow.models.provenance.
+            training_data`).
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     document = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "pastflow_version": __version__, "step": int(step), "config": config,
-                "training": training}
+                "training": training, "training_data": training_data}
     text = json.dumps(document, indent=1)  # before writing: a non-JSON value fails here
     # safetensors refuses tensors sharing memory; a state dict may hold such views.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -166,13 +172,14 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None,
             (naming the file and the key); a pickled file ("holds pickled code").
     """
     path = Path(path)
-    training, tensors, step = None, {}, 0
+    training, tensors, step, training_data = None, {}, 0, None
     if path.is_dir():
         document = read_checkpoint_config(path)
         stored = document["config"]
         if config is not None:
             check_resumable(stored, config, path / CONFIG_FILE)
         config, step, training = stored, int(document["step"]), document.get("training")
+        training_data = document.get("training_data")
         weights_file = path / MODEL_FILE
         if training is not None:
             tensors = read_state_dict(path / STATE_FILE) if (path / STATE_FILE).is_file() else {}
@@ -187,7 +194,7 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None,
     check_state_dict(model, state, weights_file)
     model.load_state_dict(state)
     model.to(device).eval()
-    return Checkpoint(model, config, step, path, training, tensors)
+    return Checkpoint(model, config, step, path, training, tensors, training_data)
 
 
 def check_state_dict(model: torch.nn.Module, state: dict, source: str | Path) -> None:

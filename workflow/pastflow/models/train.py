@@ -43,6 +43,7 @@ from pastflow.models.curves import plot_training_curves
 from pastflow.models.data import ResumableSampler, dataset_from_config, make_loader
 from pastflow.models.distributed import DistContext, init_distributed, shutdown_distributed
 from pastflow.models.model import PastModel
+from pastflow.models.provenance import describe_change, training_data
 from pastflow.models.serialize import (optimizer_from_state, optimizer_to_state, rng_from_state,
                                        rng_to_state, scheduler_from_state, scheduler_to_state)
 from pastflow.models.weights import read_state_dict
@@ -123,9 +124,10 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 class _Run:
     """The state a checkpoint holds, and how to save and restore it."""
 
-    def __init__(self, config: dict, model: PastModel, optimizer, scheduler, context: DistContext):
+    def __init__(self, config: dict, model: PastModel, optimizer, scheduler, context: DistContext,
+                 data: list[dict]):
         self.config, self.model, self.optimizer, self.scheduler = config, model, optimizer, scheduler
-        self.context = context
+        self.context, self.data = context, data
         self.step = self.epoch = self.batches_done = 0
         self.history: list[list[float]] = []
         self.columns: list[str] = []
@@ -146,7 +148,8 @@ class _Run:
                     "world_size": self.context.world_size, "scheduler": scheduler_to_state(self.scheduler),
                     "optimizer": optimizer_meta, "rng": rng_meta, "history_columns": self.columns}
         ckpt.save_checkpoint(ckpt.checkpoint_dir(root, self.step), self.model, self.config,
-                             step=self.step, training=training, tensors=tensors)
+                             step=self.step, training=training, tensors=tensors,
+                             training_data=self.data)
         ckpt.prune_checkpoints(root, int(self.config["train"]["keep_checkpoints"]))
 
     def restore(self, path: Path) -> None:
@@ -194,13 +197,28 @@ class _Run:
         return frame
 
 
-def _prepare_config(config: dict, root: Path) -> tuple[dict, Path | None]:
-    """The run's config, or the newest checkpoint's when resuming (after checking they agree)."""
+def _prepare_config(config: dict, root: Path, data: list[dict],
+                    context: DistContext) -> tuple[dict, Path | None]:
+    """The run's config, or the newest checkpoint's when resuming (after checking they agree).
+
+    A checkpoint of other training data (``data``: :func:`~pastflow.models.provenance.
+    training_data`) is never resumed: the folder is moved aside and the run starts fresh, so a
+    sample moved from train to test, or a rebuilt store, cannot leak into the new model.
+    """
     config = resolve_pretrain_config(config)
     latest = ckpt.latest_checkpoint(root)
     if latest is None:
         return config, None
     document = ckpt.read_checkpoint_config(latest)
+    if document.get("training_data") != data:
+        change = describe_change(document.get("training_data"), data)
+        aside = _aside(root)
+        if context.is_main:
+            root.rename(aside)
+            log.warning("the checkpoints in %s were trained on other data (%s): moved to %s; "
+                        "training starts fresh", root, change, aside)
+        context.barrier()
+        return config, None
     ckpt.check_resumable(document["config"], config, latest / ckpt.CONFIG_FILE)
     resumed = document["config"]
     # Operational settings (checkpoint frequency, workers, logging) are this run's.
@@ -208,6 +226,14 @@ def _prepare_config(config: dict, root: Path) -> tuple[dict, Path | None]:
         section, name = key.split(".")
         resumed[section][name] = config[section][name]
     return resumed, latest
+
+
+def _aside(root: Path) -> Path:
+    """A free name beside ``root`` for a run moved aside (``checkpoints.old-1``, ...)."""
+    n = 1
+    while root.with_name(f"{root.name}.old-{n}").exists():
+        n += 1
+    return root.with_name(f"{root.name}.old-{n}")
 
 
 def pretrain(config: dict, samples: Sequence[tuple[str | Path, str | Path]],
@@ -232,10 +258,11 @@ def pretrain(config: dict, samples: Sequence[tuple[str | Path, str | Path]],
 
 def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
               progress: bool) -> TrainResult:
-    config, latest = _prepare_config(config, root)
+    stores, tables = [s for s, _ in samples], [t for _, t in samples]
+    data = training_data(stores, tables)
+    config, latest = _prepare_config(config, root, data, context)
     train = config["train"]
     seed_everything(int(config["seed"]) + context.rank)
-    stores, tables = [s for s, _ in samples], [t for _, t in samples]
     dataset = dataset_from_config(config, stores, tables)
     model_config = config["model"]
     # The resolution contract: the stores must agree, and the model records their mpp.
@@ -257,7 +284,7 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
                                   lr=float(train["lr"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
         int(train["warmup_steps"]), int(train["steps"]), float(train["min_lr_ratio"])))
-    run = _Run(config, model, optimizer, scheduler, context)
+    run = _Run(config, model, optimizer, scheduler, context, data)
     if latest is not None:
         run.restore(latest)
     network = (DistributedDataParallel(model, device_ids=[context.device.index]
@@ -311,7 +338,7 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
         log.warning("stopped by a signal at step %d of %d; checkpoint saved, run again to resume",
                     run.step, steps)
     elif context.is_main:
-        _write_outputs(out_dir, model, config, run.step, history, dataset.coverage)
+        _write_outputs(out_dir, model, config, run.step, history, dataset.coverage, data)
         log.info("pretrained %d steps in %.1f s -> %s", run.step, time.perf_counter() - start,
                  out_dir)
     context.barrier()
@@ -336,10 +363,10 @@ def _train_step(network, model: PastModel, batch: dict, optimizer, scheduler, au
 
 
 def _write_outputs(out_dir: Path, model: PastModel, config: dict, step: int,
-                   history: pd.DataFrame, coverage: pd.DataFrame) -> None:
+                   history: pd.DataFrame, coverage: pd.DataFrame, data: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
-    ckpt.save_checkpoint(out_dir / "model", model, config, step=step)
+    ckpt.save_checkpoint(out_dir / "model", model, config, step=step, training_data=data)
     with atomic_path(out_dir / "metrics.tsv") as tmp:
         history.to_csv(tmp, sep="\t", index=False)
     with atomic_path(out_dir / "pathway_coverage.tsv") as tmp:

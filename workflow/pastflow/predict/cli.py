@@ -38,6 +38,9 @@ def add_parser(subparsers) -> None:
                         "models (nb, poisson) unless predict.target_sum does; omit for "
                         "H&E-only samples")
     p.add_argument("--out", required=True, type=Path, help="prediction table to write (.h5ad)")
+    p.add_argument("--split", choices=("train", "val", "test"), default=None,
+                   help="the sample's split in the sheet: a test sample the model was trained "
+                        "on is refused")
     add_settings_argument(p, "predict")
     p.set_defaults(func=run_predict)
 
@@ -96,7 +99,8 @@ def run_predict(args: argparse.Namespace) -> None:
     from pastflow.settings import load_section
 
     settings = load_section(PredictSettings, "predict", args.settings)
-    predict_sample(args.model, args.embedding, args.out, settings, table_path=args.table)
+    predict_sample(args.model, args.embedding, args.out, settings, table_path=args.table,
+                   split=args.split)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from pastflow.atomic import atomic_path
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.data import read_qc_table
+from pastflow.models.provenance import check_held_out
 from pastflow.predict.head import cohort_library, predict_log_expression
 from pastflow.predict.settings import PredictSettings
 from pastflow.resolution import check_resolution
@@ -45,17 +46,21 @@ def read_embedding(path: str | Path) -> ad.AnnData:
 
 
 def predict_sample(model_dir: str | Path, embedding_path: str | Path, out_path: str | Path,
-                   settings: PredictSettings, *,
-                   table_path: str | Path | None = None) -> ad.AnnData:
+                   settings: PredictSettings, *, table_path: str | Path | None = None,
+                   split: str | None = None) -> ad.AnnData:
     """Predict every cell's expression from its image embedding and write it (atomically).
 
     Count-likelihood models (nb, poisson) need the library the cohort genes hold after
     normalisation: ``settings.target_sum`` when set, else measured on the sample's QC table
     ``table_path`` (:func:`~pastflow.predict.head.cohort_library`), else 10,000.
 
+    ``split``: the sample's split in the sheet; a ``test`` sample the model was trained on is
+    refused (:func:`~pastflow.models.provenance.check_held_out`).
+
     Raises:
         InputError: unreadable inputs; embeddings of a patch store at another resolution
-            than the model's; a model without an expression head.
+            than the model's; a model without an expression head; a test sample the model
+            was trained on.
     """
     start = time.perf_counter()
     target_sum = settings.target_sum
@@ -65,6 +70,9 @@ def predict_sample(model_dir: str | Path, embedding_path: str | Path, out_path: 
     store_mpp = embedding.uns.get("pastflow_embed", {}).get("store_mpp")
     check_resolution(checkpoint.config["model"], store_mpp, source=embedding_path,
                      model_source=model_dir, what="embeddings of patches")
+    if "sample" in embedding.obs and embedding.n_obs:
+        check_held_out(checkpoint.training_data, str(embedding.obs["sample"].iloc[0]), split,
+                       model_dir)
     source = "none (mse: log1p predicted directly)"
     if model.likelihood != "mse" and target_sum is None:
         if table_path is not None:

@@ -1,5 +1,12 @@
-"""Gather the key numbers of a run: samples and cells, 50-gene Pearson r per method,
-survival c-index per model, virtual-IHC H-score agreement per marker.
+"""Gather the key numbers of a run: samples and cells, expression-from-H&E Pearson r per
+test sample and method (and per technology), survival c-index per model, virtual-IHC
+H-score agreement per marker and level.
+
+Nothing is averaged across samples of different tissues or technologies: expression
+metrics are given per test sample; a technology's row is that sample's value when the
+technology has one test sample, else the median with the min-max range and the sample
+count, labelled as such. The c-index and H-score agreement are cohort-level by design and
+say their level and n.
 
 Each stage's table is optional (the summary covers the stages that ran); a table that
 exists but lacks its contract's columns is an error naming it.
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +33,21 @@ CONTRACTS = {
     "metrics": ["sample", "method", "mean_pearson_50"],
     "cindex": ["model", "cindex", "ci_low", "ci_high"],
     "agreement": ["marker", "level", "pearson_r", "n"],
+    "outcomes": ["patient", "os_event"],
 }
+
+#: Expression metrics of ``metrics.tsv`` (column -> summary name, description); the first
+#: is required, the others are summarised when present.
+EXPRESSION_METRICS = {
+    "mean_pearson_50": ("pearson_50", "mean Pearson r over the sample's 50 most variable genes"),
+    "mean_pearson_markers": ("pearson_markers", "mean Pearson r over the marker genes scored"),
+}
+#: The method shown first (the others are baselines).
+HEAD = "pastflow_head"
+
+#: ``summary.tsv`` columns, in order (documented in ``workflow/report/summary.rst``).
+COLUMNS = ["section", "level", "sample", "technology", "method", "marker", "metric",
+           "statistic", "value", "low", "high", "interval", "n", "n_of"]
 
 
 def _read_result_tsv(path: str | Path | None, kind: str) -> pd.DataFrame | None:
@@ -54,14 +76,89 @@ def count_cells(stores: list[str | Path]) -> int:
     return total
 
 
+def _r(value) -> float | None:
+    """A correlation rounded for the summary; None (JSON null) when missing."""
+    value = float(value)
+    return None if math.isnan(value) else round(value, 3)
+
+
+def _ordered_methods(methods) -> list[str]:
+    """The head first, then the baselines in the table's order."""
+    methods = list(dict.fromkeys(methods))
+    return sorted(methods, key=lambda m: m != HEAD)
+
+
+def summarise_expression(table: pd.DataFrame, technology_of: dict[str, str],
+                         source: str | Path = "metrics.tsv") -> dict:
+    """Per test sample and method, and per technology, every metric of
+    :data:`EXPRESSION_METRICS` in ``table`` (``metrics.tsv``).
+
+    ``technology_of`` maps every sample of the sheet to its technology; a test sample
+    missing from it is an error naming ``source``.
+    """
+    unknown = sorted(set(table["sample"].astype(str)) - set(technology_of))
+    if unknown:
+        raise InputError(source, f"sample(s) not in the sample sheet: {', '.join(unknown)}")
+    table = table.assign(sample=table["sample"].astype(str))
+    table["technology"] = table["sample"].map(technology_of)
+    metrics = {name: (column, text) for column, (name, text) in EXPRESSION_METRICS.items()
+               if column in table.columns}
+    methods = _ordered_methods(table["method"])
+    samples = list(dict.fromkeys(table.sort_values(["technology", "sample"], kind="stable")["sample"]))
+
+    by_sample = []
+    for sample in samples:
+        part = table[table["sample"] == sample].set_index("method")
+        entry = {"sample": sample, "technology": technology_of[sample]}
+        if "n_cells" in part.columns:
+            entry["n_cells"] = int(part["n_cells"].max())
+        if "n_genes" in part.columns:
+            entry["n_genes"] = int(part["n_genes"].max())
+        for name, (column, _) in metrics.items():
+            entry[name] = {m: _r(part.loc[m, column]) for m in methods if m in part.index}
+        by_sample.append(entry)
+
+    by_technology = []
+    for technology, part in table.groupby("technology", sort=True):
+        n_samples = int(part["sample"].nunique())
+        entry = {"technology": technology, "test_samples": n_samples,
+                 "statistic": "value" if n_samples == 1 else "median"}
+        for name, (column, _) in metrics.items():
+            entry[name] = {}
+            for method in methods:
+                values = part.loc[part["method"] == method, column].dropna().astype(float)
+                if values.empty:
+                    continue
+                if len(values) == 1:
+                    entry[name][method] = {"value": _r(values.iloc[0]), "n": 1}
+                else:
+                    entry[name][method] = {"value": _r(values.median()), "min": _r(values.min()),
+                                           "max": _r(values.max()), "n": int(len(values))}
+        by_technology.append(entry)
+
+    return {
+        "test_samples": len(samples),
+        "methods": methods,
+        "metrics": {name: text for name, (_, text) in metrics.items()},
+        "by_sample": by_sample,
+        "by_technology": by_technology,
+    }
+
+
 def summarise_run(technologies: list[str], stores: list[str | Path], metrics=None, cindex=None,
-                  agreement=None) -> dict:
+                  agreement=None, samples: list[str] | None = None, outcomes=None) -> dict:
     """The key numbers as a JSON-ready dict (sections only for the stages given).
 
-    ``technologies``: one per sample of the sheet; ``stores``: every sample's patch store;
-    ``metrics``/``cindex``/``agreement``: ``results/predict/metrics.tsv``,
-    ``results/survival/cindex.tsv``, ``results/stain/hscore_agreement.tsv``.
+    ``technologies``: one per sample of the sheet, in the order of ``samples`` (the sample
+    names; needed with ``metrics`` to give each test sample its technology); ``stores``:
+    every sample's patch store; ``metrics``/``cindex``/``agreement``/``outcomes``:
+    ``results/predict/metrics.tsv``, ``results/survival/cindex.tsv``,
+    ``results/stain/hscore_agreement.tsv``, ``results/survival/outcomes.tsv`` (the patients
+    and events behind the c-index).
     """
+    if samples is not None and len(samples) != len(technologies):
+        raise InputError(None, f"{len(samples)} samples (--samples) but {len(technologies)} "
+                         "technologies (--technologies): give one technology per sample")
     summary = {
         "samples": len(technologies),
         "technologies": dict(sorted(Counter(technologies).items())),
@@ -69,39 +166,80 @@ def summarise_run(technologies: list[str], stores: list[str | Path], metrics=Non
     }
     table = _read_result_tsv(metrics, "metrics")
     if table is not None:
-        per_method = table.groupby("method")["mean_pearson_50"]
-        summary["pearson_50"] = {
-            "test_samples": int(table["sample"].nunique()),
-            "mean_by_method": {m: round(float(v), 3) for m, v in per_method.mean().items()},
-        }
+        if samples is None:
+            raise InputError(metrics, "needs the sample names (--samples) to give each test "
+                             "sample its technology")
+        summary["expression"] = summarise_expression(table, dict(zip(samples, technologies)),
+                                                     source=metrics)
     table = _read_result_tsv(cindex, "cindex")
     if table is not None:
+        patients = _read_result_tsv(outcomes, "outcomes")
+        cohort = {"level": "patient"}
+        if patients is not None:
+            cohort.update(n=int(patients["patient"].nunique()),
+                          events=int(patients["os_event"].astype(bool).sum()))
         summary["cindex"] = {
-            row.model: {"cindex": round(float(row.cindex), 3), "ci_low": round(float(row.ci_low), 3),
-                        "ci_high": round(float(row.ci_high), 3)}
+            row.model: {"cindex": _r(row.cindex), "ci_low": _r(row.ci_low),
+                        "ci_high": _r(row.ci_high), **cohort}
             for row in table.itertuples()
         }
     table = _read_result_tsv(agreement, "agreement")
     if table is not None:
         summary["hscore_agreement"] = {
-            f"{row.marker} ({row.level})": {"pearson_r": round(float(row.pearson_r), 3), "n": int(row.n)}
+            f"{row.marker} ({row.level})": {"marker": str(row.marker), "level": str(row.level),
+                                             "pearson_r": _r(row.pearson_r), "n": int(row.n)}
             for row in table.itertuples()
         }
     return summary
 
 
+def _row(section, level, metric, value, statistic="value", **fields) -> dict:
+    return {"section": section, "level": level, "metric": metric, "statistic": statistic,
+            "value": value, **fields}
+
+
 def summary_rows(summary: dict) -> pd.DataFrame:
-    """The summary as a long table: ``section``, ``item``, ``value``."""
-    rows = [("run", "samples", summary["samples"]), ("run", "cells", summary["cells"])]
-    rows += [("technologies", k, v) for k, v in summary["technologies"].items()]
-    for method, r in summary.get("pearson_50", {}).get("mean_by_method", {}).items():
-        rows.append(("50-gene mean Pearson r (test samples)", method, r))
-    for model, values in summary.get("cindex", {}).items():
-        rows.append(("c-index (95% interval)", model,
-                     f"{values['cindex']:.3f} ({values['ci_low']:.3f}-{values['ci_high']:.3f})"))
-    for marker, values in summary.get("hscore_agreement", {}).items():
-        rows.append(("H-score agreement r (n)", marker, f"{values['pearson_r']:.3f} ({values['n']})"))
-    return pd.DataFrame(rows, columns=["section", "item", "value"])
+    """The summary as a tidy long table, one number per row, columns :data:`COLUMNS`."""
+    rows = [_row("run", "run", "samples", summary["samples"], "count"),
+            _row("run", "run", "cells", summary["cells"], "count")]
+    rows += [_row("run", "technology", "samples", n, "count", technology=tech)
+             for tech, n in summary["technologies"].items()]
+
+    expression = summary.get("expression")
+    if expression:
+        for entry in expression["by_sample"]:
+            where = {"sample": entry["sample"], "technology": entry["technology"]}
+            if "n_cells" in entry:
+                rows.append(_row("expression", "sample", "cells", entry["n_cells"], "count",
+                                 **where))
+            for metric in expression["metrics"]:
+                n = entry.get("n_genes") if metric == "pearson_50" else None
+                for method, r in entry[metric].items():
+                    rows.append(_row("expression", "sample", metric, r, method=method, n=n,
+                                     n_of="genes" if n is not None else None, **where))
+        for entry in expression["by_technology"]:
+            for metric in expression["metrics"]:
+                for method, v in entry[metric].items():
+                    ranged = "min" in v
+                    rows.append(_row("expression", "technology", metric, v["value"],
+                                     "median" if ranged else "value", technology=entry["technology"],
+                                     method=method, low=v.get("min"), high=v.get("max"),
+                                     interval="min-max over test samples" if ranged else None,
+                                     n=v["n"], n_of="test samples"))
+
+    for model, v in summary.get("cindex", {}).items():
+        rows.append(_row("survival", v.get("level", "patient"), "cindex", v["cindex"],
+                         method=model, low=v["ci_low"], high=v["ci_high"], interval="95% CI",
+                         n=v.get("n"), n_of="patients" if v.get("n") is not None else None))
+    for key, v in summary.get("hscore_agreement", {}).items():
+        marker, level = v.get("marker", key), v.get("level", "")
+        rows.append(_row("virtual_ihc", level, "hscore_pearson_r", v["pearson_r"], marker=marker,
+                         n=v["n"], n_of=f"{level}s" if level else None))
+
+    # object dtype: counts stay integers next to correlations; n is a nullable integer.
+    table = pd.DataFrame(rows, dtype=object).reindex(columns=COLUMNS)
+    table["n"] = table["n"].astype("Int64")
+    return table
 
 
 def write_summary(summary: dict, json_path: str | Path, tsv_path: str | Path) -> None:
@@ -110,4 +248,4 @@ def write_summary(summary: dict, json_path: str | Path, tsv_path: str | Path) ->
         Path(tmp_json).write_text(json.dumps(summary, indent=2) + "\n")
         summary_rows(summary).to_csv(tmp_tsv, sep="\t", index=False)
     log.info("summary: %d samples, %d cells%s", summary["samples"], summary["cells"],
-             "".join(f", {k}" for k in ("pearson_50", "cindex", "hscore_agreement") if k in summary))
+             "".join(f", {k}" for k in ("expression", "cindex", "hscore_agreement") if k in summary))
