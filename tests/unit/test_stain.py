@@ -538,3 +538,18 @@ def test_bad_stain_settings_stop_the_cli_naming_the_key(small_sample, tmp_path, 
     out = tmp_path / "s"
     assert main(stain_args(small_sample, tmp_path / "cutoffs.tsv", settings, out)) == 2
     assert problem in capsys.readouterr().err and not out.exists()
+
+
+def test_thumbnail_titles_give_the_all_cells_readout():
+    """With a QC table, hscores.tsv also holds predicted rows over the measured cells only;
+    the thumbnails' titles give the slide's readout over all cells."""
+    import pandas as pd
+
+    from pastflow.stain.images import slide_readout
+
+    rows = [("Ki67", "slide", "predicted", "all", 120.0),
+            ("Ki67", "slide", "predicted", "measured", 80.0),
+            ("Ki67", "slide", "measured", "measured", 90.0),
+            ("Ki67", "r1c1", "predicted", "all", 10.0)]
+    table = pd.DataFrame(rows, columns=["marker", "region", "source", "cells", "hscore"])
+    assert slide_readout(table) == {"Ki67": 120.0}

@@ -40,6 +40,14 @@ FALLBACK_UNIT_UM = 10.0  # cell diameter when neither stain.unit_um nor the QC t
 THUMBNAIL_PX = 800  # longer side of the report thumbnails, about
 
 
+def slide_readout(hscores: pd.DataFrame) -> dict[str, float]:
+    """Marker -> the slide's H-score from predicted levels over all its cells (the readout),
+    not the rows over the cells with measured expression that a QC table adds."""
+    rows = hscores[(hscores["region"] == SLIDE) & (hscores["source"] == "predicted")
+                   & (hscores["cells"] == "all")]
+    return dict(zip(rows["marker"], rows["hscore"]))
+
+
 def level_column(marker: str) -> str:
     """The ``cells.tsv.gz`` column of a marker's level binned from predicted expression."""
     return f"{marker}_predicted_level"
@@ -143,11 +151,8 @@ def stain_images(cells_path: str | Path, hscores_path: str | Path, store_path: s
     step = max(1, max(crop[2], crop[3]) // THUMBNAIL_PX)
     thumb = store.image[:, crop[1]:crop[1] + crop[3]:step, crop[0]:crop[0] + crop[2]:step]
     thumb = np.ascontiguousarray(thumb.transpose(1, 2, 0))
-    # As drawn before stain and stain-images were split: the slide's predicted rows, later
-    # rows winning (with a QC table, those over the measured cells).
-    slide_rows = hscores[(hscores["region"] == SLIDE) & (hscores["source"] == "predicted")]
     with atomic_path(out.thumbnails) as tmp:
-        plot_thumbnails(thumb, stains, dict(zip(slide_rows["marker"], slide_rows["hscore"])),
+        plot_thumbnails(thumb, stains, slide_readout(hscores),
                         extent_um=(crop[2] * store.mpp, crop[3] * store.mpp),
                         grid_um=None if regions_path is not None else settings.grid_um,
                         title=sample, path=tmp)
