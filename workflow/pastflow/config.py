@@ -20,7 +20,7 @@ from pastflow.patches.settings import PatchesSettings
 from pastflow.predict.settings import EvaluateSettings, PredictSettings
 from pastflow.pretrain.settings import PretrainSettings
 from pastflow.qc.settings import QCSettings
-from pastflow.settings import Settings, json_schema, setting
+from pastflow.settings import Settings, dotted_get, json_schema, setting
 from pastflow.simulate.settings import SimulateSettings
 from pastflow.stain.settings import StainSettings
 from pastflow.survival.settings import SurvivalSettings
@@ -141,21 +141,12 @@ def _is_section(tp) -> bool:
 
 
 def _row(key: str, default, meaning: str, demo: Mapping) -> str:
-    value = _dig(demo, key)
+    value = dotted_get(demo, key, _ABSENT)
     shown = "" if value is _ABSENT else _cell(value)
     return f"| `{key}` | {_cell(default)} | {shown} | {meaning} |"
 
 
 _ABSENT = object()
-
-
-def _dig(mapping: Mapping, dotted: str):
-    value = mapping
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _ABSENT
-        value = value[part]
-    return value
 
 
 def _cell(value) -> str:

@@ -329,19 +329,20 @@ def load_section(cls: type[Settings], section: str, path: str | Path | None):
         settings = cls()
     else:
         document = read_settings_file(path)
-        settings = cls.from_config(_dig(document, section), section, source=path)
+        settings = cls.from_config(dotted_get(document, section), section, source=path)
     logging.getLogger("pastflow.settings").info(
         "%s settings (%s): %s", section, path or "defaults",
         json.dumps(settings.to_dict()))
     return settings
 
 
-def _dig(document: Mapping, dotted: str):
+def dotted_get(document: Mapping, dotted: str, default=None):
+    """``document["a"]["b"]`` for ``"a.b"``; ``default`` when a level is missing."""
     value = document
     for part in dotted.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
+        if not isinstance(value, Mapping) or part not in value:
+            return default
+        value = value[part]
     return value
 
 
