@@ -248,18 +248,31 @@ def test_visium_spots_sit_over_their_cells(ingested):
                     spots.loc[under["spot"], "y_px"].to_numpy() - under["y_px"].to_numpy())
     assert d_px.max() <= 27.5 / 0.25 + 1  # a cell counts in a spot when its centre is under it
     assert table.uns["pastflow"]["vendor_space"] == "fullres_pixels"
-    assert table.uns["pastflow"]["unit_diameter_um"] == 55
+    assert table.uns["pastflow"]["unit_diameter_um"] == pytest.approx(55)
+    assert table.uns["pastflow"]["unit"] == "spot"
 
 
-def test_visium_hd_bins_hold_their_cells(ingested):
+def test_visium_spot_diameter_comes_from_the_scale_factors(caplog):
+    from pastflow.ingest.visium import spot_diameter_um
+
+    # 130 full-resolution px of 0.45 um: the data's own 58.5 um.
+    assert spot_diameter_um({"spot_diameter_fullres": 130.0}, 0.45, Path("s")) == pytest.approx(58.5)
+    assert spot_diameter_um({}, 0.45, Path("s")) == 55  # none given: the nominal diameter
+    with caplog.at_level("WARNING"):  # a wrong image resolution: nominal, with a warning
+        assert spot_diameter_um({"spot_diameter_fullres": 130.0}, 2.0, Path("s")) == 55
+    assert "260.0 um spots" in caplog.text
+
+
+def test_visium_hd_cells_sit_on_their_cells(ingested):
+    # The 2 um bins summed into cells (tests/unit/test_visium_hd_cells.py: accuracy, 8 um spots).
     _, table, truth = ingested["visium_hd"]
-    bins = table.obs.set_index("cell_id")
-    held = truth[truth["bin_008um"].isin(bins.index)]
-    b = bins.loc[held["bin_008um"]]
-    assert np.abs(b["x_px"].to_numpy() - held["x_px"].to_numpy()).max() <= 4 / 0.25 * 1.02 + 0.5
+    meta = table.uns["pastflow"]
+    assert meta["unit"] == "cell" and meta["bin_um"] == 2 and meta["vendor_fit_rms_px"] < 0.01
+    assert len(table) == pytest.approx(N_CELLS, rel=0.15)
     # Vendor space: bin-grid microns, the simulator's tissue frame.
-    assert np.abs(b["x_vendor"].to_numpy() - held["x_um"].to_numpy()).max() <= 4.0 + 1e-6
-    assert table.uns["pastflow"]["vendor_fit_rms_px"] < 0.01
+    d_um = cKDTree(truth[["x_um", "y_um"]].to_numpy()).query(table.obs[["x_vendor", "y_vendor"]].to_numpy())[0]
+    d_px = cKDTree(truth[["x_px", "y_px"]].to_numpy()).query(table.obs[["x_px", "y_px"]].to_numpy())[0]
+    assert np.median(d_um) < 1.5 and np.median(d_px) < 1.5 / 0.25
 
 
 def test_he_only_detection_recall_and_precision(ingested):

@@ -12,11 +12,11 @@ from torch.utils.data import default_collate
 
 from pastflow.errors import InputError
 from pastflow.models.augment import Augmentation, augment_patch, normalize_patch
-from pastflow.models.data import (CellDataset, ResumableSampler, make_loader, nearest_neighbors,
-                                  read_qc_table, select_cohort_genes)
+from pastflow.models.data import (CellDataset, ResumableBatchSampler, make_loader,
+                                  nearest_neighbors, read_qc_table, select_cohort_genes)
 from pastflow.models.pathways import read_gmt, default_gmt_path, score_pathways
 from pastflow.patches.reader import PatchStore
-from test_models_fixtures import PATCH_PX, cohort  # noqa: F401 (fixture)
+from test_models_fixtures import PATCH_PX, cohort, make_sample  # noqa: F401 (fixture)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -118,10 +118,10 @@ def test_geometric_augmentation_moves_pixels_and_stain_jitter_changes_colour():
 
 
 def test_loader_with_two_workers_streams_the_same_batches(dataset):
-    sampler = ResumableSampler(dataset, seed=1)
-    sampler.set_position(epoch=2, batches_done=0, batch_size=8)
-    serial = list(make_loader(dataset, sampler, batch_size=8, num_workers=0, seed=0))
-    parallel = list(make_loader(dataset, sampler, batch_size=8, num_workers=2, seed=0))
+    sampler = ResumableBatchSampler(dataset.groups(), 8, seed=1)
+    sampler.set_position(epoch=2, batches_done=0)
+    serial = list(make_loader(dataset, sampler, num_workers=0, seed=0))
+    parallel = list(make_loader(dataset, sampler, num_workers=2, seed=0))
     assert len(serial) == len(parallel) == 9
     for a, b in zip(serial, parallel):
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -130,20 +130,48 @@ def test_loader_with_two_workers_streams_the_same_batches(dataset):
 
 
 def test_resumable_sampler_skips_done_batches_and_splits_ranks(dataset):
-    full = ResumableSampler(dataset, seed=4)
-    full.set_position(epoch=3, batches_done=0, batch_size=8)
+    full = ResumableBatchSampler(dataset.groups(), 8, seed=4)
+    full.set_position(epoch=3, batches_done=0)
     order = list(full)
-    resumed = ResumableSampler(dataset, seed=4)
-    resumed.set_position(epoch=3, batches_done=2, batch_size=8)
-    assert list(resumed) == order[16:] and len(resumed) == len(order) - 16
-    ranks = [ResumableSampler(dataset, num_replicas=2, rank=r, seed=4) for r in (0, 1)]
+    assert len(order) == len(dataset) // 8 and sorted(sum(order, [])) == list(range(len(dataset)))
+    resumed = ResumableBatchSampler(dataset.groups(), 8, seed=4)
+    resumed.set_position(epoch=3, batches_done=2)
+    assert list(resumed) == order[2:] and len(resumed) == len(order) - 2
+    ranks = [ResumableBatchSampler(dataset.groups(), 8, num_replicas=2, rank=r, seed=4)
+             for r in (0, 1)]
     for r in ranks:
-        r.set_position(epoch=3, batches_done=0, batch_size=8)
-    halves = [set(r) for r in ranks]
-    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == len(dataset)
-    other_epoch = ResumableSampler(dataset, seed=4)
-    other_epoch.set_position(epoch=4, batches_done=0, batch_size=8)
+        r.set_position(epoch=3, batches_done=0)
+    halves = [set(sum(list(r), [])) for r in ranks]
+    assert len(ranks[0]) == len(ranks[1]) == 4  # 9 batches: each rank 4, one left over
+    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 64
+    other_epoch = ResumableBatchSampler(dataset.groups(), 8, seed=4)
+    other_epoch.set_position(epoch=4, batches_done=0)
     assert list(other_epoch) != order
+    # A group smaller than a batch (a small spot slide) is one batch, not left out.
+    small = ResumableBatchSampler([np.arange(5), np.arange(5, 105)], 64, seed=0)
+    assert sorted(len(b) for b in small) == [5, 64] and len(small) == 2
+    assert sorted(sum(list(small), []))[:5] == list(range(5))
+
+
+def test_spot_stores_are_read_whole_and_batched_apart_from_cells(cohort, tmp_path):
+    """A spot is cut at its own size: its items have the spot store's patch size, and a batch
+    never mixes them with the cells' crops."""
+    spots = make_sample(tmp_path / "spots", "spots", seed=3, spot_px=PATCH_PX + 8)
+    data = CellDataset([cohort[0].store, spots.store], [cohort[0].table, spots.table],
+                       k_neighbors=2, augmentation=None)
+    assert data.patch_px == PATCH_PX and data.crop_px == [PATCH_PX, PATCH_PX + 8]
+    store = PatchStore(spots.store)
+    assert store.unit == "spot" and store.attrs["unit_diameter_um"] == pytest.approx((PATCH_PX + 8) * 0.5)
+    item = data[len(data) - 1]
+    assert item["patch"].shape == (3, PATCH_PX + 8, PATCH_PX + 8)
+    assert item["neighbor_patches"].shape == (2, 3, PATCH_PX + 8, PATCH_PX + 8)
+    sampler = ResumableBatchSampler(data.groups(), 6, seed=0)
+    batches = list(make_loader(data, sampler, num_workers=0, seed=0))
+    assert len(batches) == 12  # 36 cells and 36 spots, 6 full batches each
+    sizes = [b["patch"].shape[-1] for b in batches]
+    assert sorted(set(sizes)) == [PATCH_PX, PATCH_PX + 8] and sizes.count(PATCH_PX) == 6
+    for batch in batches:  # each batch from one sample here: one size, one kind
+        assert len(set(batch["sample"].tolist())) == 1
 
 
 def test_bad_inputs_name_the_file(cohort, tmp_path, caplog):

@@ -54,8 +54,9 @@ def _render(xy: np.ndarray, types: np.ndarray, size: tuple[int, int], rng) -> np
 
 
 def make_sample(directory: Path, name: str, n_side: int = 6, seed: int = 0,
-                drop_genes: tuple[str, ...] = ()) -> Sample:
-    """One sample of ``n_side**2`` cells; ``drop_genes`` are absent from its table."""
+                drop_genes: tuple[str, ...] = (), spot_px: int | None = None) -> Sample:
+    """One sample of ``n_side**2`` cells; ``drop_genes`` are absent from its table.
+    ``spot_px``: a store of spots, cut at that size, instead of cells."""
     from pastflow.patches.store import build_patch_store
     from pastflow.qc.filter import run_qc
     from pastflow.qc.settings import QCSettings
@@ -71,8 +72,9 @@ def make_sample(directory: Path, name: str, n_side: int = 6, seed: int = 0,
                      resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
     ids = [f"{name}-c{i}" for i in range(len(xy))]
     store = directory / f"{name}.h5"
-    build_patch_store(slide, ids, xy, store, target_mpp=MPP, patch_px=PATCH_PX, slide_mpp=MPP,
-                      progress=False, workers=1)
+    unit = {"unit": "spot", "unit_diameter_um": spot_px * MPP} if spot_px else {}
+    build_patch_store(slide, ids, xy, store, target_mpp=MPP, patch_px=spot_px or PATCH_PX,
+                      slide_mpp=MPP, progress=False, workers=1, **unit)
 
     rate = np.full((len(xy), len(GENES)), 2.0)
     rate[:, :6] = np.where(types[:, None] == 0, 12.0, 0.3)

@@ -214,6 +214,27 @@ def first_data(out):
     return load_checkpoint(out / "model").training_data
 
 
+def test_cells_and_spots_train_one_model_each_read_at_its_own_size(cohort, tmp_path):
+    """A cohort of a cell slide and a spot slide: one model learns from both (batches of one
+    size each), records each sample's unit, and embeds a spot slide at the spot's size."""
+    from pastflow.embed.sample import embed_sample
+    from pastflow.embed.settings import EmbedSettings
+    from test_models_fixtures import PATCH_PX, make_sample
+
+    spots = make_sample(tmp_path / "spots", "spots", seed=3, spot_px=PATCH_PX + 8)
+    out = tmp_path / "run"
+    pretrain(SHORT, [(str(cohort[0].store), str(cohort[0].table)),
+                     (str(spots.store), str(spots.table))], out, progress=False)
+    units = {row["sample"]: (row["unit"], row["patch_um"]) for row in first_data(out)}
+    assert units == {"s1": ("cell", PATCH_PX * 0.5), "spots": ("spot", (PATCH_PX + 8) * 0.5)}
+    table = embed_sample(out / "model", spots.store, tmp_path / "spots.h5ad",
+                         EmbedSettings(batch_size=16), progress=False)
+    meta = table.uns["pastflow_embed"]
+    assert meta["store_unit"] == "spot" and meta["crop_px"] == PATCH_PX + 8
+    assert meta["image_px"] == PATCH_PX and table.obsm["X_image"].shape == (36, 16)
+    assert table.obsm["X_image"].std(axis=0).mean() > 0  # spots differ from each other
+
+
 def test_a_test_sample_the_model_was_trained_on_is_refused(cohort, tmp_path, capsys):
     out = tmp_path / "run"
     pretrain(SHORT, samples_of(cohort), out, progress=False)

@@ -379,6 +379,7 @@ def write_ingested_table(
     ids: list[str],
     mpp: float,
     drop: str | None = None,
+    unit: dict | None = None,
 ) -> None:
     import anndata
     import pandas as pd
@@ -392,7 +393,7 @@ def write_ingested_table(
     table = anndata.AnnData(
         X=np.zeros((len(ids), 0), np.float32),
         obs=obs,
-        uns={"pastflow": {"slide_path": str(slide), "mpp": mpp, "sample": "S1"}},
+        uns={"pastflow": {"slide_path": str(slide), "mpp": mpp, "sample": "S1", **(unit or {})}},
     )
     table.write_zarr(zarr_path / "tables" / "table")
 
@@ -435,6 +436,17 @@ def test_cli_builds_store_and_gallery(dots, tmp_path):
     assert len(store) == len(ids) and store.patch_px == 24 and store.context_px == 60
     np.testing.assert_array_equal(store.xy_level0, xy)
     assert gallery.stat().st_size > 10_000
+    assert store.unit == "cell"  # a table without a unit (ingested before units): cells
+
+    # A spot sample is cut at its diameter plus spot_context_um, whatever patch_um says.
+    spots = tmp_path / "spots.zarr"
+    write_ingested_table(spots, path, xy, ids, MPP, unit={"unit": "spot", "unit_diameter_um": 20.0})
+    settings.write_text("patches: {patch_um: 12, mpp: 0.5, spot_context_um: 6}\n")
+    run_cli(["patches", "--ingested", str(spots), "--out", str(tmp_path / "spots.h5"),
+             "--settings", str(settings), "--no-progress"])
+    spot_store = PatchStore(tmp_path / "spots.h5")
+    assert spot_store.unit == "spot" and spot_store.patch_px == 52  # (20 + 6) um at 0.5 um/px
+    assert spot_store.attrs["unit_diameter_um"] == 20.0
 
     bad = tmp_path / "bad.zarr"
     write_ingested_table(bad, path, xy, ids, MPP, drop="y_px")

@@ -247,8 +247,8 @@ def evaluate_args(embedded, cohort, tmp_path, test_table=None, predictions=None)
             str(test_table or s2.table), "--predictions", str(predictions or tmp_path / "p.h5ad"),
             "--train-embeddings", str(embedded["s1"]), "--train-tables", str(s1.table),
             "--metrics", str(tmp_path / "metrics.tsv"), "--per-gene",
-            str(tmp_path / "per_gene.tsv"), "--figures", str(tmp_path / "figures"),
-            "--no-progress"]
+            str(tmp_path / "per_gene.tsv"), "--paired", str(tmp_path / "paired.tsv"),
+            "--figures", str(tmp_path / "figures"), "--no-progress"]
 
 
 def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, cohort,
@@ -274,7 +274,19 @@ def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, 
                 + ["--settings", str(settings)]) == 0
     metrics = pd.read_csv(tmp_path / "metrics.tsv", sep="\t")
     assert metrics.columns.tolist() == ["sample", "method", "mean_pearson_50", "n_genes",
-                                        "mean_pearson_markers", "n_cells", "n_train_cells"]
+                                        "mean_pearson_markers", "n_cells", "n_train_cells",
+                                        "ci_low", "ci_high"]
+    scored = metrics[metrics["method"] != "mean_baseline"]
+    assert ((scored["ci_low"] < scored["mean_pearson_50"])
+            & (scored["mean_pearson_50"] < scored["ci_high"])).all()
+    paired = pd.read_csv(tmp_path / "paired.tsv", sep="\t")
+    assert paired.columns.tolist() == ["sample", "method", "baseline", "diff", "ci_low", "ci_high"]
+    assert paired[["method", "baseline"]].values.tolist() == [
+        [m, b] for m in ("pastflow_head", "pastflow_ridge") for b in ("random_encoder", "mean_baseline")]
+    point = metrics.set_index("method")["mean_pearson_50"]
+    for row in paired.itertuples():
+        assert row.diff == pytest.approx(point[row.method] - point[row.baseline], abs=2e-6)
+        assert row.ci_low <= row.diff <= row.ci_high
     assert metrics[["sample", "method"]].values.tolist() == [["s2", m] for m in METHODS]
     assert np.isfinite(metrics["mean_pearson_50"]).all() and (metrics["n_genes"] == 8).all()
     assert metrics.set_index("method").loc["mean_baseline", "mean_pearson_50"] == 0
@@ -369,3 +381,28 @@ def test_evaluate_names_the_file_when_tables_do_not_match(embedded, cohort, tmp_
     err = capsys.readouterr().err
     assert str(s1.table) in err and "no cell of the QC table has an embedding" in err
     assert not (tmp_path / "metrics.tsv").exists()
+
+
+def test_bootstrap_intervals_cover_the_truth_and_pair_the_draws():
+    """Two noisy predictions of the same signal: the interval of each holds its population r
+    (known in closed form), and the paired interval of their difference is much narrower
+    than the unpaired one, because the same cells score both."""
+    from pastflow.predict.metrics import bootstrap_mean_pearson, percentile_interval
+
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(400, 5))
+    good = signal + rng.normal(scale=0.5, size=signal.shape)  # population r = 1/sqrt(1.25)
+    bad = signal + rng.normal(scale=1.0, size=signal.shape)   # population r = 1/sqrt(2)
+    draws = bootstrap_mean_pearson(signal, {"good": good, "bad": bad}, n_boot=400, seed=1)
+    low, high = percentile_interval(draws["good"])
+    assert low < 1 / np.sqrt(1.25) < high and high - low < 0.05
+    low, high = percentile_interval(draws["bad"])
+    assert low < 1 / np.sqrt(2) < high
+    # A draw is the mean r on cells resampled with replacement (the first, by hand).
+    rows = np.random.default_rng(1).integers(0, 400, 400)
+    assert draws["good"][0] == pytest.approx(pearson_per_gene(signal[rows], good[rows]).mean())
+    constant = bootstrap_mean_pearson(signal, {"mean": np.ones_like(signal)}, n_boot=20, seed=1)
+    assert (constant["mean"] == 0).all()  # a constant prediction scores 0, as without resampling
+    paired = percentile_interval(draws["good"] - draws["bad"])
+    assert paired[0] > 0  # good beats bad beyond resampling noise
+    assert paired[1] - paired[0] < (high - low) * 1.5

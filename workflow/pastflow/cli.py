@@ -35,6 +35,7 @@ STAGE_MODULES = {
     "survival-features": "pastflow.survival.cli",
     "survival": "pastflow.survival.cli",
     "survival-figures": "pastflow.survival.cli",
+    "cohort": "pastflow.cohort.cli",  # not a workflow stage: builds a sheet (HEST-1k)
 }
 
 

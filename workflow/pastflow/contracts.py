@@ -19,6 +19,7 @@ ST) to H&E level-0 pixels; it is stored with the data, never implied.
 # Sample sheet (config/samples.tsv). Paths are relative to config["data_root"] unless absolute.
 #   data:      xenium: the output bundle folder; visium: Space Ranger `outs/`;
 #              visium_hd: Space Ranger HD `outs/`; legacy_st: counts `.tsv(.gz)`;
+#              hest: a HEST-1k sample's `st/<id>.h5ad` (`metadata/<id>.json` beside `st/`);
 #              he_only: empty (the slide is `image`)
 #   image:     the full-resolution H&E (OME-TIFF, vendor WSI, TIFF, JPEG or PNG)
 #   alignment: xenium: `*_he_imagealignment.csv`; legacy_st: the spot `*_selection.tsv`;
@@ -40,8 +41,12 @@ UNS_KEYS = (
     "mpp",          # microns per H&E level-0 pixel
     "vendor_to_he",  # 3x3 affine, vendor space -> H&E level-0 pixels
     "vendor_space",  # "microns" or "fullres_pixels" or "he_pixels"
+    "unit",         # what one row measures: "cell" (one cell) or "spot" (a spot or bin of many)
     "unit_diameter_um",  # cell ~ 10, Visium spot 55, HD bin 8, legacy ST spot 100
 )
+# Units of measurement. A cell is cut at the cell patch size (patches.patch_um); a spot at its
+# own diameter plus context (patches.spot_context_um), so the patch shows what was measured.
+UNITS = ("cell", "spot")
 
 IMAGE_KEY = "he"
 SHAPES_KEY = "cells"

@@ -112,6 +112,13 @@ def check_resolution(model_config: dict, mpp: float | None, *, source: str | Pat
                     "at this one")
 
 
+def crop_px(store, image_px: int) -> int:
+    """Side in pixels of the crop a model reads from ``store``: its own cell crop
+    (``model.image_px``) around a cell; the store's whole patch (the spot's diameter plus
+    context, at the same resolution) around a spot, so the crop shows what was measured."""
+    return int(store.patch_px) if store.unit == "spot" else int(image_px)
+
+
 def check_store(store, model_config: dict, model_source: str | Path) -> None:
     """The resolution contract for a :class:`~pastflow.patches.reader.PatchStore` read by a
     model (:func:`check_resolution`), and that the store holds crops as large as the model's.
@@ -121,7 +128,7 @@ def check_store(store, model_config: dict, model_source: str | Path) -> None:
             crops (naming both sizes in microns).
     """
     check_resolution(model_config, store.mpp, source=store.path, model_source=model_source)
-    size, limit = int(model_config["image_px"]), 2 * (store.margin - 1)
+    size, limit = crop_px(store, model_config["image_px"]), 2 * (store.margin - 1)
     if size > limit:
         raise InputError(store.path, f"holds patches of at most {limit} px "
                                      f"({limit * store.mpp:.1f} um) around each cell, but the "

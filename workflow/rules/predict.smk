@@ -43,6 +43,13 @@ rule evaluate:
             labels={"table": "mean Pearson r per test sample and method"},
         ),
         per_gene="results/predict/per_gene.tsv",
+        paired=report(
+            "results/predict/paired.tsv",
+            caption="../report/predict_paired.rst",
+            category="3. Model",
+            subcategory="expression from H&E",
+            labels={"table": "pastflow minus baselines, paired 95% intervals"},
+        ),
         figures=report(
             directory("results/predict/figures"),
             patterns=["{sample}/{figure}.png"],
@@ -63,7 +70,7 @@ rule evaluate:
         "{params.pastflow} evaluate --test-embeddings {input.test_embeddings}"
         " --test-tables {input.test_tables} --predictions {input.predictions}"
         " --train-embeddings {input.train_embeddings} --train-tables {input.train_tables}"
-        " --metrics {output.metrics} --per-gene {output.per_gene}"
+        " --metrics {output.metrics} --per-gene {output.per_gene} --paired {output.paired}"
         " --figures {output.figures} --settings {input.settings} --no-progress > {log} 2>&1"
 
 

@@ -20,6 +20,7 @@ from pastflow.errors import InputError
 from pastflow.models.data import gene_selection_matrix, nearest_neighbors
 from pastflow.models.model import PastModel
 from pastflow.patches.reader import PatchStore
+from pastflow.resolution import crop_px
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def embed_images(model: PastModel, store: PatchStore, rows: np.ndarray, *, mean:
                  progress: bool = True, desc: str = "embed images") -> np.ndarray:
     """Image embeddings ``float32 (len(rows), embed_dim)`` of store rows ``rows``.
 
-    Patches are cropped at the model's ``image_px`` from the store and normalised with the
+    Patches are cropped from the store at the model's ``image_px`` around a cell, whole around
+    a spot (:func:`~pastflow.resolution.crop_px`), and normalised with the
     training ``mean``/``std``. With spatial fusion (``model.k_neighbors > 0``) each cell's
     neighbours are its nearest cells among ``rows``. bf16 autocast on CUDA, fp32 on CPU.
     """
@@ -73,7 +75,7 @@ def embed_images(model: PastModel, store: PatchStore, rows: np.ndarray, *, mean:
 
     device = torch.device(device)
     model = model.to(device).eval()
-    size = int(model.config["image_px"])
+    size = crop_px(store, model.config["image_px"])
     k = model.k_neighbors
     neighbors = neighbor_rows(store, rows, k, neighbor_radius_um) if k else None
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)

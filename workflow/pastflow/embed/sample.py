@@ -37,7 +37,7 @@ from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.data import read_qc_table
 from pastflow.models.provenance import check_held_out
 from pastflow.patches.reader import PatchStore
-from pastflow.resolution import check_store
+from pastflow.resolution import check_store, crop_px
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
         "expression_encoder": config["model"]["expression"]["name"],
         "embed_dim": int(config["model"]["embed_dim"]), "image_px": int(config["model"]["image_px"]),
         "random_seed": int(random_seed), "store": str(Path(store_path).resolve()),
-        "store_mpp": store.mpp,
+        "store_mpp": store.mpp, "store_unit": store.unit,
+        "crop_px": crop_px(store, config["model"]["image_px"]),
         "store_patch_um": float(store.attrs.get("patch_um", store.patch_px * store.mpp)),
         "model_mpp": _or_nan(config["model"].get("mpp")),
         "model_patch_um": _or_nan(config["model"].get("patch_um")),

@@ -46,6 +46,8 @@ class SampleParts:
         slide_path: the H&E file the patches stage reads (None: ``embedded_he`` is exported).
         mpp: microns per H&E level-0 pixel.
         unit_diameter_um: typical cell / spot / bin diameter.
+        unit: ``"cell"`` or ``"spot"`` (:data:`pastflow.contracts.UNITS`); None = the
+            technology's own (:mod:`pastflow.technologies`).
         radius_um: ``(n,)`` radius of each unit's circle in ``shapes["cells"]`` (default: half
             ``unit_diameter_um``).
         obs: extra per-unit columns worth keeping (``in_tissue``, ``cell_area``, ...).
@@ -64,6 +66,7 @@ class SampleParts:
     slide_path: Path | None
     mpp: float
     unit_diameter_um: float
+    unit: str | None = None
     radius_um: np.ndarray | None = None
     obs: pd.DataFrame | None = None
     uns: dict = field(default_factory=dict)
@@ -271,6 +274,7 @@ def pastflow_uns(parts: SampleParts, sample: str, patient: str, technology: str,
         "mpp": float(parts.mpp),
         "vendor_to_he": np.asarray(parts.vendor_to_he, dtype=np.float64).tolist(),
         "vendor_space": parts.vendor_space,
+        "unit": parts.unit,
         "unit_diameter_um": float(parts.unit_diameter_um),
         "data_path": data_path,
         "x_is_raw_counts": bool(parts.x_is_counts),

@@ -23,8 +23,10 @@ dense tumour nests are the main misses. Tuned on simulated slides, checked by ey
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,6 +203,82 @@ def label_centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.column_stack([cx, cy])[present], area[present]
 
 
+@dataclass(frozen=True)
+class NucleusTile:
+    """The nuclei one tile keeps (those whose centroid lies in its core), in working pixels.
+
+    ``labels``: ``int32 (h, w)`` over the tile core and its halo, 1..k = the kept nuclei in the
+    order of ``xy`` / ``area_um2``, 0 elsewhere (a nucleus another tile keeps is 0 here).
+    ``xy``: ``(k, 2)`` centroids in level-0 pixels (pixel-centre convention); ``area_um2``:
+    ``(k,)``. ``origin``: level pixel of working pixel ``(0, 0)``'s block corner.
+    """
+
+    labels: np.ndarray
+    xy: np.ndarray
+    area_um2: np.ndarray
+    origin: tuple[int, int]
+    factor: int
+    level_downsample: float
+
+    def level0_to_work(self, xy: np.ndarray) -> np.ndarray:
+        """``(n, 2)`` level-0 pixels -> working pixels (float, pixel-centre convention)."""
+        level = (np.asarray(xy, np.float64) + 0.5) / self.level_downsample - 0.5
+        return (level + 0.5 - np.asarray(self.origin)) / self.factor - 0.5
+
+    def work_to_level0(self, xy: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`level0_to_work`."""
+        level = (np.asarray(xy, np.float64) + 0.5) * self.factor - 0.5 + np.asarray(self.origin)
+        return (level + 0.5) * self.level_downsample - 0.5
+
+
+def iter_nucleus_tiles(slide: Slide, mpp: float, *, target_mpp: float = TARGET_MPP,
+                       tile_px: int = TILE_PX, progress: bool = True) -> Iterator[NucleusTile]:
+    """Segment the whole slide tile by tile; yield each tile's kept nuclei (:class:`NucleusTile`).
+
+    Tiles come row by row; glass-only tiles are skipped. Every nucleus is kept by exactly one
+    tile, whole (the halo is wider than any nucleus), with area between
+    :data:`MIN_AREA_UM2` and :data:`MAX_AREA_UM2`. Memory holds one tile at a time.
+
+    Raises:
+        InputError: the slide has no usable resolution.
+    """
+    if not mpp or mpp <= 0:
+        raise InputError(slide.path, "nucleus detection needs the slide's microns per pixel; give "
+                                     "it in the sample sheet column mpp or the config key ingest.mpp")
+    grid = plan_detection(slide, mpp, target_mpp, tile_px)
+    threshold = estimate_threshold(slide, grid)
+    log.info("%s: detecting nuclei on level %d (%.3f um/px, /%d -> %.3f um/px), %d tiles, "
+             "hematoxylin threshold %.3f", slide.path.name, grid.level, grid.level_mpp, grid.factor,
+             grid.work_mpp, len(grid.tile_origins()), threshold)
+    min_area = MIN_AREA_UM2 / grid.work_mpp**2
+    max_area = MAX_AREA_UM2 / grid.work_mpp**2
+    halo_work = grid.halo // grid.factor
+    core_work = grid.tile // grid.factor
+    for x0, y0 in tqdm(grid.tile_origins(), desc=f"nuclei {slide.path.name}", unit="tile",
+                       disable=not progress, mininterval=2.0):
+        rgb = _read_work_tile(slide, grid, x0, y0)
+        if rgb.min() >= TISSUE_MAX_RGB:
+            continue  # glass only
+        labels = segment_nuclei(rgb, threshold, grid.work_mpp)
+        ids, xy, area = _label_stats(labels)
+        # Only the tile whose core holds the centroid keeps the nucleus.
+        core = ((xy[:, 0] >= halo_work - 0.5) & (xy[:, 0] < halo_work + core_work - 0.5)
+                & (xy[:, 1] >= halo_work - 0.5) & (xy[:, 1] < halo_work + core_work - 0.5))
+        ok = core & (area >= min_area) & (area <= max_area)
+        renumber = np.zeros(int(labels.max()) + 1, np.int32)
+        renumber[ids[ok]] = np.arange(1, int(ok.sum()) + 1)
+        tile = NucleusTile(renumber[labels], np.zeros((0, 2)), area[ok] * grid.work_mpp**2,
+                           (x0 - grid.halo, y0 - grid.halo), grid.factor, grid.level_downsample)
+        yield dataclasses.replace(tile, xy=tile.work_to_level0(xy[ok]))
+
+
+def _label_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids, centroids and areas of the labels present, as :func:`label_centroids` orders them."""
+    xy, area = label_centroids(labels)
+    counts = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)[1:]
+    return np.flatnonzero(counts) + 1, xy, area
+
+
 def detect_nuclei(slide: Slide, mpp: float, *, target_mpp: float = TARGET_MPP, tile_px: int = TILE_PX,
                   progress: bool = True) -> pd.DataFrame:
     """Find nuclei on the whole slide.
@@ -218,33 +296,11 @@ def detect_nuclei(slide: Slide, mpp: float, *, target_mpp: float = TARGET_MPP, t
     Raises:
         InputError: the slide has no usable resolution.
     """
-    if not mpp or mpp <= 0:
-        raise InputError(slide.path, "nucleus detection needs the slide's microns per pixel; give "
-                                     "it in the sample sheet column mpp or the config key ingest.mpp")
-    grid = plan_detection(slide, mpp, target_mpp, tile_px)
-    threshold = estimate_threshold(slide, grid)
-    log.info("%s: detecting nuclei on level %d (%.3f um/px, /%d -> %.3f um/px), %d tiles, "
-             "hematoxylin threshold %.3f", slide.path.name, grid.level, grid.level_mpp, grid.factor,
-             grid.work_mpp, len(grid.tile_origins()), threshold)
-    min_area = MIN_AREA_UM2 / grid.work_mpp**2
-    max_area = MAX_AREA_UM2 / grid.work_mpp**2
-    halo_work = grid.halo // grid.factor
-    core_work = grid.tile // grid.factor
     found_xy, found_area = [], []
-    for x0, y0 in tqdm(grid.tile_origins(), desc=f"nuclei {slide.path.name}", unit="tile",
-                       disable=not progress, mininterval=2.0):
-        rgb = _read_work_tile(slide, grid, x0, y0)
-        if rgb.min() >= TISSUE_MAX_RGB:
-            continue  # glass only
-        xy, area = label_centroids(segment_nuclei(rgb, threshold, grid.work_mpp))
-        # Only the tile whose core holds the centroid keeps the nucleus.
-        core = ((xy[:, 0] >= halo_work - 0.5) & (xy[:, 0] < halo_work + core_work - 0.5)
-                & (xy[:, 1] >= halo_work - 0.5) & (xy[:, 1] < halo_work + core_work - 0.5))
-        ok = core & (area >= min_area) & (area <= max_area)
-        # Working px -> level px (block centres) -> level-0 px (pixel-centre convention).
-        level_xy = (xy[ok] + 0.5) * grid.factor - 0.5 + np.array([x0 - grid.halo, y0 - grid.halo])
-        found_xy.append((level_xy + 0.5) * grid.level_downsample - 0.5)
-        found_area.append(area[ok] * grid.work_mpp**2)
+    for tile in iter_nucleus_tiles(slide, mpp, target_mpp=target_mpp, tile_px=tile_px,
+                                   progress=progress):
+        found_xy.append(tile.xy)
+        found_area.append(tile.area_um2)
     xy = np.concatenate(found_xy) if found_xy else np.zeros((0, 2))
     area = np.concatenate(found_area) if found_area else np.zeros(0)
     return pd.DataFrame({"x_px": xy[:, 0], "y_px": xy[:, 1], "area_um2": area})

@@ -117,7 +117,9 @@ def ingest_sample(sample: str, patient: str, technology: str, out: str | Path, *
     out = Path(out)
     paths = check_inputs(technology, _as_path(data), _as_path(image), _as_path(alignment))
     mpp = settings.mpp if sheet_mpp is None else sheet_mpp
-    parts = lookup_technology(technology).read(paths, sample, mpp, progress)
+    entry = lookup_technology(technology)
+    parts = entry.read(paths, sample, mpp, settings, progress)
+    parts.unit = parts.unit or entry.unit
     if parts.uns.get("mpp_source") == GIVEN_MPP:  # the reader used it: say where it came from
         parts.uns["mpp_source"] = ("sample sheet column mpp" if sheet_mpp is not None
                                    else "config ingest.mpp")

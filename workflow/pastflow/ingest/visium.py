@@ -81,6 +81,22 @@ def image_scale(image: Path, size: tuple[int, int], scalefactors: dict, xy_fullr
     return 1.0, "full-resolution image"  # check_in_image then reports the mismatch
 
 
+def spot_diameter_um(scalefactors: dict, fullres_mpp: float, source: Path) -> float:
+    """The spots' diameter in microns as the data give it (``spot_diameter_fullres`` pixels
+    of ``fullres_mpp`` microns), or the nominal 55 um when they give none or an implausible
+    one (more than 25% off: a wrong image resolution, said in a warning)."""
+    pixels = scalefactors.get("spot_diameter_fullres")
+    if not pixels:
+        return SPOT_DIAMETER_UM
+    diameter = float(pixels) * fullres_mpp
+    if abs(diameter / SPOT_DIAMETER_UM - 1) > 0.25:
+        log.warning("%s: spot_diameter_fullres gives %.1f um spots at %.4f um per full-resolution "
+                    "pixel; using the nominal %g um", source, diameter, fullres_mpp,
+                    SPOT_DIAMETER_UM)
+        return SPOT_DIAMETER_UM
+    return diameter
+
+
 def read_visium(outs: str | Path, image: str | Path, sample: str, mpp: float | None = None) -> SampleParts:
     """A Space Ranger ``outs/`` folder (filtered matrix, spot positions, scale factors) + its H&E.
 
@@ -117,7 +133,8 @@ def read_visium(outs: str | Path, image: str | Path, sample: str, mpp: float | N
     return SampleParts(
         counts=table.X, var=var, cell_ids=table.obs_names.astype(str).to_numpy(), xy_vendor=xy,
         vendor_to_he=vendor_to_he, vendor_space="fullres_pixels", slide_path=image, mpp=mpp_value,
-        unit_diameter_um=SPOT_DIAMETER_UM, obs=table.obs[[c for c in KEEP_OBS if c in table.obs]],
+        unit_diameter_um=spot_diameter_um(scalefactors, mpp_value * scale, outs),
+        obs=table.obs[[c for c in KEEP_OBS if c in table.obs]],
         x_is_counts=looks_like_counts(table.X),
         uns={"mpp_source": mpp_source, "image_note": note, "image_scale": scale,
              "scalefactors": {k: float(v) for k, v in scalefactors.items() if isinstance(v, (int, float))}})
@@ -188,5 +205,7 @@ def read_visium_anndata(path: str | Path, image: str | Path, mpp: float | None =
         counts=counts, var=pd.DataFrame(index=var.index.astype(str)),
         cell_ids=adata.obs_names.astype(str).to_numpy(),
         xy_vendor=xy_vendor, vendor_to_he=vendor_to_he, vendor_space=vendor_space, slide_path=image,
-        mpp=mpp_value, unit_diameter_um=SPOT_DIAMETER_UM, obs=adata.obs[keep], x_is_counts=is_counts,
+        mpp=mpp_value, obs=adata.obs[keep], x_is_counts=is_counts,
+        unit_diameter_um=(spot_diameter_um(scalefactors, mpp_value * affine_scale(vendor_to_he), path)
+                          if vendor_space == "fullres_pixels" else SPOT_DIAMETER_UM),
         uns=notes)

@@ -14,7 +14,6 @@ which also removes per-sample shifts) over one cohort pathway list, likewise mas
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import signal
@@ -26,12 +25,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pastflow.errors import InputError
 from pastflow.models.augment import Augmentation, augment_patch, normalize_patch
 from pastflow.models.pathways import GeneSet, default_gmt_path, read_gmt, score_pathways
 from pastflow.patches.reader import PatchStore
+from pastflow.resolution import crop_px
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +186,15 @@ class CellDataset(Dataset):
             ``[]``: no pathway scores (nothing is scored).
         pathway_method, pathway_min_genes: see :func:`pastflow.models.pathways.score_pathways`.
         k_neighbors: neighbours per cell (0 = none); ``neighbor_radius_um`` masks far ones.
-        patch_px: crop size read from the stores (default: the stores' own patch size).
+        patch_px: crop size read from the cell stores (default: their own patch size); a spot
+            store is read whole (:func:`pastflow.resolution.crop_px`).
         mean, std: per-channel normalisation of patches in [0, 1].
         augmentation: None = none (evaluation).
         seed: with the epoch (:meth:`set_epoch`) and the index, seeds each item's augmentation.
 
     Attributes: ``genes``, ``pathways``, ``samples`` (names), ``coverage`` (pathway coverage:
-    one row per sample and gene set), ``patch_px``, ``offsets`` (first dataset index of each
+    one row per sample and gene set), ``patch_px`` (the cell crop, the model's ``image_px``),
+    ``crop_px`` (per sample: the crop its items have), ``offsets`` (first dataset index of each
     sample, plus the total).
     """
 
@@ -249,11 +251,13 @@ class CellDataset(Dataset):
             offset += len(sample.store_rows)
         self.offsets = np.cumsum([0] + [len(s.store_rows) for s in self._samples])
         self.samples = names
-        sizes = {int(s.store.patch_px) for s in self._samples}
+        cell_stores = [s.store for s in self._samples if s.store.unit == "cell"]
+        sizes = {int(store.patch_px) for store in (cell_stores or [self._samples[0].store])}
         if patch_px is None and len(sizes) > 1:
-            raise InputError(stores[0], f"the stores have different patch sizes {sorted(sizes)}; "
-                                        "set data.patch_px")
+            raise InputError(stores[0], f"the cell stores have different patch sizes "
+                                        f"{sorted(sizes)}; set data.patch_px")
         self.patch_px = int(patch_px) if patch_px is not None else sizes.pop()
+        self.crop_px = [crop_px(s.store, self.patch_px) for s in self._samples]
         log.info("%d cells from %d samples, %d cohort genes, %d pathways", len(self),
                  len(self._samples), len(self.genes), len(self.pathways))
 
@@ -316,8 +320,16 @@ class CellDataset(Dataset):
         s = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return s, int(index - self.offsets[s])
 
-    def _patch(self, sample: _Sample, row: int, rng: np.random.Generator) -> np.ndarray:
-        raw = sample.store.read([sample.store_rows[row]], size=self.patch_px)[0]
+    def groups(self) -> list[np.ndarray]:
+        """Dataset indices by crop size: one batch holds one size (cells, or spots of one
+        diameter)."""
+        by_size: dict[int, list[np.ndarray]] = {}
+        for s, size in enumerate(self.crop_px):
+            by_size.setdefault(size, []).append(np.arange(self.offsets[s], self.offsets[s + 1]))
+        return [np.concatenate(parts) for _, parts in sorted(by_size.items())]
+
+    def _patch(self, sample: _Sample, size: int, row: int, rng: np.random.Generator) -> np.ndarray:
+        raw = sample.store.read([sample.store_rows[row]], size=size)[0]
         return normalize_patch(augment_patch(raw, rng, self.augmentation), self.mean, self.std)
 
     def __getitem__(self, index: int) -> dict:
@@ -327,7 +339,7 @@ class CellDataset(Dataset):
         item = {
             "index": torch.tensor(int(index)),
             "sample": torch.tensor(s),
-            "patch": torch.from_numpy(self._patch(sample, row, rng)),
+            "patch": torch.from_numpy(self._patch(sample, self.crop_px[s], row, rng)),
             "expression": torch.from_numpy(sample.expression[row].toarray().ravel()),
             "gene_mask": torch.from_numpy(sample.gene_mask.copy()),
             "counts": torch.from_numpy(sample.counts[row].toarray().ravel()),
@@ -337,11 +349,12 @@ class CellDataset(Dataset):
         }
         if self.k_neighbors:
             neighbors = sample.neighbors[row]
-            patches = np.zeros((self.k_neighbors, 3, self.patch_px, self.patch_px), np.float32)
+            size = self.crop_px[s]
+            patches = np.zeros((self.k_neighbors, 3, size, size), np.float32)
             for j, neighbor in enumerate(neighbors):
                 if neighbor >= 0:
                     n_rng = np.random.default_rng((self.seed, self.epoch, int(index), j + 1))
-                    patches[j] = self._patch(sample, int(neighbor - self.offsets[s]), n_rng)
+                    patches[j] = self._patch(sample, size, int(neighbor - self.offsets[s]), n_rng)
             item["neighbors"] = torch.from_numpy(neighbors.copy())
             item["neighbor_mask"] = torch.from_numpy(neighbors >= 0)
             item["neighbor_patches"] = torch.from_numpy(patches)
@@ -365,25 +378,50 @@ def dataset_from_config(config: dict, stores: Sequence, tables: Sequence) -> Cel
         augmentation=Augmentation(**data["augment"]), seed=config["seed"])
 
 
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` (shuffled, seeded per epoch, drop_last) that can start an epoch
-    part-way: after :meth:`set_position` it skips the batches this rank already trained on,
-    so a resumed run sees exactly the cells the uninterrupted one would have."""
+class ResumableBatchSampler(Sampler):
+    """Shuffled full batches, each of one crop size (``groups``: dataset indices per size, see
+    :meth:`CellDataset.groups`), spread over ``num_replicas`` ranks; seeded per epoch.
 
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                         drop_last=True)
-        self.start = 0
+    Each epoch shuffles every group, cuts it into full batches (the remainder waits for
+    another epoch's shuffle; a group smaller than a batch is one batch), shuffles the batches and deals them to the ranks, every rank
+    the same number. After :meth:`set_position` an epoch starts after the batches this rank
+    already trained on, so a resumed run sees exactly the cells the uninterrupted one would
+    have.
+    """
 
-    def set_position(self, epoch: int, batches_done: int, batch_size: int) -> None:
-        self.set_epoch(epoch)
-        self.start = batches_done * batch_size
+    def __init__(self, groups: Sequence[np.ndarray], batch_size: int, num_replicas: int = 1,
+                 rank: int = 0, seed: int = 0):
+        self.groups = [np.asarray(g, np.int64) for g in groups]
+        self.batch_size, self.num_replicas, self.rank = int(batch_size), num_replicas, rank
+        self.seed, self.epoch, self.start = int(seed), 0, 0
+        n_batches = sum(len(g) // self._batch_size(g) for g in self.groups)
+        self.batches_per_epoch = n_batches // num_replicas  # per rank
+
+    def _batch_size(self, group: np.ndarray) -> int:
+        """``batch_size``; a group smaller than that (a small spot slide) is one batch of its
+        own, not left out of training (a contrastive batch needs two items)."""
+        return max(2, min(self.batch_size, len(group)))
+
+    def set_position(self, epoch: int, batches_done: int) -> None:
+        self.epoch, self.start = int(epoch), int(batches_done)
+
+    def _epoch(self) -> list[np.ndarray]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        batches = []
+        for group in self.groups:
+            order = rng.permutation(group)
+            size = self._batch_size(group)
+            n = len(order) // size
+            batches.extend(order[:n * size].reshape(n, size))
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches[:self.batches_per_epoch * self.num_replicas][self.rank::self.num_replicas]
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.start, None)
+        for batch in self._epoch()[self.start:]:
+            yield batch.tolist()
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return self.batches_per_epoch - self.start
 
 
 def init_worker(worker_id: int) -> None:
@@ -400,15 +438,15 @@ def init_worker(worker_id: int) -> None:
         signal.signal(stop_signal, signal.SIG_IGN)
 
 
-def make_loader(dataset: CellDataset, sampler, batch_size: int, num_workers: int,
+def make_loader(dataset: CellDataset, batches: ResumableBatchSampler, num_workers: int,
                 seed: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader streaming the stores with ``num_workers`` processes; full batches only.
+    """A DataLoader streaming the stores with ``num_workers`` processes, batch by batch.
 
     The workers' base seed is drawn from a generator of its own, not from torch's global
     one, so creating a loader does not shift the random stream of the training step.
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=True, worker_init_fn=init_worker, generator=generator,
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                      worker_init_fn=init_worker, generator=generator,
                       pin_memory=pin_memory, persistent_workers=False)

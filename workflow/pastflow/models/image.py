@@ -46,7 +46,9 @@ def create_timm_backbone(arch: str, image_px: int, **timm_kwargs) -> nn.Module:
     """``timm.create_model(arch, pretrained=False, num_classes=0, in_chans=3, img_size=image_px)``.
 
     ``img_size`` is passed only to architectures that take it (ViTs, Swin, ...); convolutional
-    networks pool globally and accept any size.
+    networks pool globally and accept any size. ViTs are also built to take any input size
+    (``dynamic_img_size``, padded to whole tokens): a spot's crop is larger than a cell's
+    (:func:`pastflow.resolution.crop_px`). Neither changes the weights.
     """
     if timm_kwargs.pop("pretrained", False):
         raise InputError(None, f"image encoder {arch!r}: pretrained=true would download weights; "
@@ -55,11 +57,13 @@ def create_timm_backbone(arch: str, image_px: int, **timm_kwargs) -> nn.Module:
     if not timm.is_model(arch):
         raise InputError(None, f"unknown timm architecture {arch!r}")
     kwargs = dict(pretrained=False, num_classes=0, in_chans=3, **timm_kwargs)
-    try:
-        return timm.create_model(arch, img_size=image_px, **kwargs)
-    except TypeError as err:
-        if "img_size" not in str(err):
-            raise InputError(None, f"timm architecture {arch!r}: {err}") from None
+    any_size = {"dynamic_img_size": True, "dynamic_img_pad": True}
+    for extra in ({"img_size": image_px, **any_size}, {"img_size": image_px}):
+        try:
+            return timm.create_model(arch, **{**extra, **kwargs})  # the config's own kwargs win
+        except TypeError as err:
+            if not any(key in str(err) for key in extra):
+                raise InputError(None, f"timm architecture {arch!r}: {err}") from None
     try:
         return timm.create_model(arch, **kwargs)
     except TypeError as err:

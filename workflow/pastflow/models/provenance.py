@@ -5,6 +5,9 @@ workflow writes ``results/patches/{sample}.h5``) and content fingerprints of its
 resumes a checkpoint only when the training data are the same; embed and predict refuse to
 score, as held out, a sample the model was trained on.
 
+Each row also records the unit the sample measures (cell or spot, its diameter and patch
+side), so a checkpoint says at which units it learned.
+
 A fingerprint is cheap and content-based: a hash of the file's size and of its first and
 last MiB (HDF5 headers and the newest data sit there), not of the whole file.
 """
@@ -35,9 +38,23 @@ def fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def store_unit(store: str | Path) -> dict:
+    """``{unit, unit_diameter_um, patch_um}`` a patch store records (a store written before
+    units: a cell store)."""
+    import h5py
+
+    with h5py.File(store, "r") as f:
+        attrs = dict(f.attrs)
+    return {"unit": str(attrs.get("unit", "cell")),
+            "unit_diameter_um": float(attrs.get("unit_diameter_um", 0.0)),
+            "patch_um": float(attrs.get("patch_um", 0.0))}
+
+
 def training_data(stores: Sequence[str | Path], tables: Sequence[str | Path]) -> list[dict]:
-    """``[{sample, store, table}]`` (fingerprints), one per training sample, by sample id."""
-    rows = [{"sample": Path(store).stem, "store": fingerprint(store), "table": fingerprint(table)}
+    """``[{sample, store, table, unit, unit_diameter_um, patch_um}]``, one per training sample,
+    by sample id: fingerprints of its files and the unit its rows measure."""
+    rows = [{"sample": Path(store).stem, "store": fingerprint(store), "table": fingerprint(table),
+             **store_unit(store)}
             for store, table in zip(stores, tables)]
     return sorted(rows, key=lambda row: row["sample"])
 

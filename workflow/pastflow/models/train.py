@@ -3,7 +3,8 @@
 - AdamW (no weight decay on biases, norms, temperatures, dispersions), linear warm-up then
   cosine decay, gradient clipping; bf16 autocast on CUDA, fp32 on CPU.
 - DistributedDataParallel when launched by torchrun (``WORLD_SIZE > 1``): NCCL on GPUs,
-  gloo on CPUs; a :class:`~pastflow.models.data.ResumableSampler` per rank. ``train.batch_size``
+  gloo on CPUs; a :class:`~pastflow.models.data.ResumableBatchSampler` per rank (a batch
+  holds one crop size: cells, or spots of one diameter). ``train.batch_size``
   is per process, and contrastive negatives are the process's own batch.
 - A checkpoint every ``train.checkpoint_every`` steps, at the end, and on SIGTERM or SIGUSR1
   (Slurm's pre-emption and time-limit signals): the handler only sets a flag; the loop
@@ -40,7 +41,7 @@ from pastflow.atomic import atomic_path
 from pastflow.errors import InputError
 from pastflow.models import checkpoint as ckpt
 from pastflow.models.curves import plot_training_curves
-from pastflow.models.data import ResumableSampler, dataset_from_config, make_loader
+from pastflow.models.data import ResumableBatchSampler, dataset_from_config, make_loader
 from pastflow.models.distributed import DistContext, init_distributed, shutdown_distributed
 from pastflow.models.model import PastModel
 from pastflow.models.provenance import describe_change, training_data
@@ -292,9 +293,9 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
                if context.distributed else model)
 
     batch_size, steps = int(train["batch_size"]), int(train["steps"])
-    sampler = ResumableSampler(dataset, context.world_size, context.rank, int(config["seed"]))
-    batches_per_epoch = sampler.num_samples // batch_size
-    if batches_per_epoch == 0:
+    sampler = ResumableBatchSampler(dataset.groups(), batch_size, context.world_size,
+                                    context.rank, int(config["seed"]))
+    if sampler.batches_per_epoch == 0:
         raise InputError(tables[0], f"{len(dataset)} cells over {context.world_size} processes "
                                     f"make no full batch of {batch_size}")
     autocast = torch.autocast(context.device.type, dtype=torch.bfloat16,
@@ -306,9 +307,9 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
     with StopRequest() as stop, tqdm(total=steps, initial=run.step, unit="step", desc="pretrain",
                                      disable=not (progress and context.is_main)) as bar:
         while run.step < steps and not preempted:
-            sampler.set_position(run.epoch, run.batches_done, batch_size)
+            sampler.set_position(run.epoch, run.batches_done)
             dataset.set_epoch(run.epoch)
-            loader = make_loader(dataset, sampler, batch_size, int(train["num_workers"]),
+            loader = make_loader(dataset, sampler, int(train["num_workers"]),
                                  int(config["seed"]) + run.epoch,
                                  pin_memory=context.device.type == "cuda")
             for batch in loader:

@@ -68,16 +68,20 @@ def run(args: argparse.Namespace) -> None:
 
     settings = load_section(PatchesSettings, "patches", args.settings)
     cell_ids, xy, meta = read_cells(args.ingested)
+    unit = str(meta.get("unit", "cell"))  # zarrs ingested before units hold cells or spots
+    diameter = float(meta.get("unit_diameter_um", 0.0))
     build_patch_store(
         meta["slide_path"],
         cell_ids,
         xy,
         args.out,
         target_mpp=settings.mpp,
-        patch_um=settings.patch_um,
+        patch_um=settings.patch_um_for(unit, diameter),
         context_um=settings.context_um or None,
         slide_mpp=float(meta["mpp"]),
         cells_path=args.ingested,
+        unit=unit,
+        unit_diameter_um=diameter,
         workers=settings.workers,
         progress=not args.no_progress,
     )

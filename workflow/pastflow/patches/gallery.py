@@ -66,8 +66,8 @@ def save_gallery(
             ax.add_patch(plt.Rectangle((0, 0), size - 1, size - 1, fill=False, ec="red", lw=1.5))
     name = title or Path(store.attrs["source_slide"]).name
     fig.suptitle(
-        f"{name}: {len(indices)} of {len(store)} cells, {size} px at {store.mpp:.3f} um/px "
-        f"({size * store.mpp:.0f} um); + = cell centre, red = tissue-free",
+        f"{name}: {len(indices)} of {len(store)} {store.unit}s, {size} px at {store.mpp:.3f} "
+        f"um/px ({size * store.mpp:.0f} um); + = {store.unit} centre, red = tissue-free",
         fontsize=8,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.97), pad=0.3)

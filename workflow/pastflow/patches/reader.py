@@ -107,6 +107,11 @@ class PatchStore:
         return int(self.attrs["patch_px"])
 
     @property
+    def unit(self) -> str:
+        """What a row is: ``"cell"`` or ``"spot"`` (stores written before units: cell)."""
+        return str(self.attrs.get("unit", "cell"))
+
+    @property
     def context_px(self) -> int:
         return int(self.attrs["context_px"])
 

@@ -9,12 +9,23 @@ from pastflow.settings import Settings, setting
 
 @dataclass(frozen=True)
 class PatchesSettings(Settings):
-    """Resolution and size of the patch store; both are recorded in the store."""
+    """Resolution and size of the patch store; both are recorded in the store.
+
+    What one patch shows follows the sample's unit (``uns["pastflow"]["unit"]``, set by its
+    reader): a cell is cut at ``patch_um``, a spot at its diameter plus ``spot_context_um``.
+    """
+
+    def patch_um_for(self, unit: str, unit_diameter_um: float) -> float:
+        """Patch side in microns for a sample whose rows are ``unit``s of that diameter."""
+        return self.patch_um if unit == "cell" else unit_diameter_um + self.spot_context_um
 
     mpp: float = setting(0.5, "resolution of the patch store, microns per pixel",
                          exclusive_minimum=0)
     patch_um: float = setting(32.0, "patch side in microns (32 um at 0.5 um/px = 64 px, cell "
                                     "scale; 112 = 224 px, HEST/STAMP)", exclusive_minimum=0)
+    spot_context_um: float = setting(10.0, "a spot (Visium, legacy ST, Visium HD bins) is cut at "
+                                           "its own diameter plus this many microns of context; "
+                                           "cells are cut at patch_um", minimum=0)
     context_um: float = setting(0.0, "side of an optional larger context patch in microns "
                                      "(0 = none)", minimum=0)
     workers: int | None = setting(None, "threads decoding slide tiles (null = up to 4)",

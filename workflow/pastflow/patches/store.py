@@ -26,9 +26,11 @@ File layout (HDF5, ``FORMAT_VERSION`` 1):
 - Root attributes: ``format_version``, ``mpp`` (of ``/image``), ``target_mpp``, ``patch_px``,
   ``patch_um`` (``patch_px x mpp``, the patch side in microns), ``context_px`` (0 = none),
   ``margin``, ``source_slide``, ``slide_backend``, ``slide_mpp``, ``level``, ``level_mpp``,
-  ``resampled``. ``mpp`` and ``patch_um`` are the resolution contract: a model records the
-  same two (``model.mpp``, ``model.patch_um``) and embed refuses a store that differs from
-  them by more than :data:`pastflow.contracts.MPP_TOLERANCE`.
+  ``resampled``, ``unit`` (cell or spot) and ``unit_diameter_um``. ``mpp`` and ``patch_um``
+  are the resolution contract: a model records the same two (``model.mpp``,
+  ``model.patch_um``) and embed refuses a store that differs from them by more than
+  :data:`pastflow.contracts.MPP_TOLERANCE`. A spot store's patch is the whole spot plus
+  context, and models read it whole (:func:`pastflow.resolution.crop_px`).
 
 Coordinates: pixel centres sit at integer coordinates (array-index convention), so level-0
 ``x`` maps to ``(x + 0.5) * scale - 0.5`` in a level ``scale`` times as large.
@@ -128,6 +130,8 @@ def build_patch_store(
     context_um: float | None = None,
     slide_mpp: float | None = None,
     cells_path: str | Path | None = None,
+    unit: str = "cell",
+    unit_diameter_um: float | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> PatchStoreStats:
@@ -145,6 +149,8 @@ def build_patch_store(
             or give ``context_um`` (microns).
         slide_mpp: microns per level-0 pixel; overrides the file's own (needed for JPEG/PNG).
         cells_path: the file the cells came from, named in error messages.
+        unit, unit_diameter_um: what a row measures (:data:`pastflow.contracts.UNITS`) and its
+            diameter, recorded for the models that read the store.
         workers: threads decoding tiles (default: :func:`default_workers`).
         progress: show a tqdm bar over the strips.
 
@@ -197,8 +203,9 @@ def build_patch_store(
         )
         out_path = Path(out_path)
         with atomic_path(out_path) as tmp:
+            unit_attrs = {"unit": unit, "unit_diameter_um": float(unit_diameter_um or 0.0)}
             image_offset = _create_layout(
-                tmp, slide, geometry, target_mpp, cell_ids, xy, centers, in_slide
+                tmp, slide, geometry, target_mpp, cell_ids, xy, centers, in_slide, unit_attrs
             )
             thumbnail, factor = _write_image(tmp, image_offset, slide, geometry, workers, progress)
             mask = tissue_mask(thumbnail, geometry.mpp * factor)
@@ -365,6 +372,7 @@ def _create_layout(
     xy,
     centers,
     in_slide,
+    unit_attrs: dict,
 ) -> int:
     """Write the index and attributes and reserve ``/image``; returns its byte offset."""
     import h5py
@@ -385,6 +393,7 @@ def _create_layout(
             level=geometry.level,
             level_mpp=geometry.level_mpp,
             resampled=geometry.resampled,
+            **unit_attrs,
         )
         cells = f.create_group("cells")
         cells.create_dataset(

@@ -5,7 +5,7 @@
         [--table results/qc/S.h5ad] --out results/predict/S.h5ad [--settings FILE]
     pastflow evaluate --test-embeddings ... --test-tables ... --predictions ... \\
         --train-embeddings ... --train-tables ... --metrics M.tsv --per-gene G.tsv \\
-        --figures DIR [--settings FILE]
+        --paired P.tsv --figures DIR [--settings FILE]
     pastflow evaluate-lopo --model results/pretrain/model --train-embeddings ... \\
         --train-tables ... --out L.tsv [--settings FILE]
 
@@ -58,6 +58,8 @@ def add_parser(subparsers) -> None:
     _add_training(e)
     e.add_argument("--metrics", required=True, type=Path, help="metrics table to write (.tsv)")
     e.add_argument("--per-gene", required=True, type=Path, help="per-gene table to write (.tsv)")
+    e.add_argument("--paired", required=True, type=Path,
+                   help="paired differences (pastflow minus baselines) to write (.tsv)")
     e.add_argument("--figures", required=True, type=Path,
                    help="folder for FIGURES/{sample}/per_gene.png and maps.png")
     add_settings_argument(e, "evaluate")
@@ -114,7 +116,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
         raise InputError(None, "give one --test-tables and one --predictions entry per "
                                "--test-embeddings entry, in the same order")
     evaluate_cohort(list(zip(args.test_embeddings, args.test_tables, args.predictions)),
-                    _training(args), EvaluationFiles(args.metrics, args.per_gene, args.figures),
+                    _training(args), EvaluationFiles(args.metrics, args.per_gene, args.figures,
+                                                     args.paired),
                     settings, progress=not args.no_progress)
 
 

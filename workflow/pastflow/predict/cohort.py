@@ -5,7 +5,11 @@ atomically):
 
 - ``metrics.tsv``: one row per test sample and method: ``sample``, ``method``,
   ``mean_pearson_50`` (mean r over the 50 most variable genes of the sample), then
-  ``n_genes``, ``mean_pearson_markers``, ``n_cells``, ``n_train_cells``;
+  ``n_genes``, ``mean_pearson_markers``, ``n_cells``, ``n_train_cells``, ``ci_low``,
+  ``ci_high`` (95% bootstrap interval of ``mean_pearson_50`` over the sample's cells);
+- ``paired.tsv``: ``sample``, ``method`` (pastflow_head, pastflow_ridge), ``baseline``
+  (random_encoder, mean_baseline), ``diff`` (method minus baseline, mean r), ``ci_low``,
+  ``ci_high`` (paired bootstrap);
 - ``per_gene.tsv``: ``sample``, ``method``, ``gene``, ``pearson_r``, ``variance_rank``,
   ``top``, ``marker``;
 - ``figures/{sample}/per_gene.png`` and ``figures/{sample}/maps.png`` per test sample (the
@@ -29,8 +33,9 @@ import pandas as pd
 from pastflow.atomic import atomic_path
 from pastflow.errors import InputError
 from pastflow.models.data import read_qc_table
-from pastflow.predict.evaluate import (METHODS, MeasuredSample, evaluate_leave_one_patient_out,
-                                       evaluate_sample, join_measured, summarise)
+from pastflow.predict.evaluate import (METHODS, MeasuredSample, bootstrap_intervals,
+                                       evaluate_leave_one_patient_out, evaluate_sample,
+                                       join_measured, summarise)
 from pastflow.predict.sample import read_embedding
 from pastflow.predict.settings import EvaluateSettings
 from pastflow.tables import read_h5ad
@@ -47,6 +52,7 @@ class EvaluationFiles:
     metrics: Path
     per_gene: Path
     figures: Path
+    paired: Path
 
 
 def read_measured(embedding_path: str | Path, table_path: str | Path) -> MeasuredSample:
@@ -97,7 +103,7 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
     start = time.perf_counter()
     training = [read_measured(e, t) for e, t in train]
     n_train = sum(len(s) for s in training)
-    metrics, per_gene_frames = [], []
+    metrics, per_gene_frames, paired_frames = [], [], []
     markers = list(settings.markers)
     out.figures.mkdir(parents=True, exist_ok=True)
     for index, (embedding_path, table_path, prediction_path) in enumerate(
@@ -108,8 +114,11 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
             per_gene, predictions, genes = evaluate_sample(test, training, head, settings)
         except ValueError as err:
             raise InputError(prediction_path, str(err)) from None
-        summary = summarise(per_gene).assign(sample=test.name, n_cells=len(test),
-                                             n_train_cells=n_train)
+        top = per_gene.loc[per_gene["top"] & (per_gene["method"] == METHODS[0]), "gene"]
+        intervals, paired = bootstrap_intervals(test, list(top), predictions, genes, settings)
+        summary = summarise(per_gene).merge(intervals, on="method").assign(
+            sample=test.name, n_cells=len(test), n_train_cells=n_train)
+        paired_frames.append(paired.assign(sample=test.name))
         metrics.append(summary)
         per_gene_frames.append(per_gene.assign(sample=test.name))
         if index < settings.figure_samples:
@@ -119,10 +128,13 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
                      row.n_genes, row.mean_pearson_50, row.mean_pearson_markers)
     metrics_table = pd.concat(metrics, ignore_index=True)[
         ["sample", "method", "mean_pearson_50", "n_genes", "mean_pearson_markers", "n_cells",
-         "n_train_cells"]]
+         "n_train_cells", "ci_low", "ci_high"]]
+    paired_table = pd.concat(paired_frames, ignore_index=True)[
+        ["sample", "method", "baseline", "diff", "ci_low", "ci_high"]]
     per_gene_table = pd.concat(per_gene_frames, ignore_index=True)[
         ["sample", "method", "gene", "pearson_r", "variance_rank", "top", "marker"]]
-    for frame, path in ((metrics_table, out.metrics), (per_gene_table, out.per_gene)):
+    for frame, path in ((metrics_table, out.metrics), (per_gene_table, out.per_gene),
+                        (paired_table, out.paired)):
         _write_tsv(frame, path)
     log.info("evaluated %d test samples against %d training cells in %.1f s", len(tests),
              n_train, time.perf_counter() - start)

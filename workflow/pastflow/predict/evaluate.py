@@ -10,6 +10,10 @@ For every test sample with measured expression, over the same genes:
 - ``mean_baseline``: every cell gets the per-gene mean of the training cells. Its prediction
   is constant, so its r is 0 by the convention of :mod:`pastflow.predict.metrics`.
 
+Intervals: a method's mean r gets a 95% percentile bootstrap interval over the test sample's
+cells (``evaluate.bootstrap`` resamples), and each pastflow method minus each baseline a
+paired one (the same resamples for both), in ``paired.tsv``.
+
 Genes: the candidates are the model's genes that the test sample and every training sample
 measure; the score of a method is the mean r over the ``evaluate.n_genes`` (50) candidates of
 highest variance of the *test sample's* measured log-expression. Marker genes
@@ -34,13 +38,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pastflow.predict.metrics import most_variable_genes, pearson_per_gene
+from pastflow.predict.metrics import (bootstrap_mean_pearson, most_variable_genes,
+                                      pearson_per_gene, percentile_interval)
 from pastflow.predict.ridge import fit_hest_ridge
 from pastflow.predict.settings import EvaluateSettings
 
 log = logging.getLogger(__name__)
 
 METHODS = ("pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder")
+# Paired differences: each pastflow method minus each baseline.
+PASTFLOW_METHODS = ("pastflow_head", "pastflow_ridge")
+BASELINES = ("random_encoder", "mean_baseline")
 PROBES = {"pastflow_ridge": "X_image", "random_encoder": "X_image_random"}
 
 
@@ -161,6 +169,27 @@ def evaluate_sample(test: MeasuredSample, train: Sequence[MeasuredSample],
     per_gene["top"] = per_gene["variance_rank"] > 0
     per_gene["marker"] = per_gene["gene"].isin(list(markers))
     return per_gene, predictions, genes
+
+
+def bootstrap_intervals(test: MeasuredSample, top_genes: Sequence[str],
+                        predictions: dict[str, np.ndarray], genes: Sequence[str],
+                        settings: EvaluateSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """95% bootstrap intervals over the test sample's cells of each method's mean r over
+    ``top_genes`` (``method, ci_low, ci_high``), and of the paired differences pastflow
+    minus baseline (``method, baseline, diff, ci_low, ci_high``; ``diff`` on all cells)."""
+    columns = [list(genes).index(g) for g in top_genes]
+    measured = test.columns(top_genes)
+    top = {m: np.asarray(predictions[m])[:, columns] for m in METHODS}
+    draws = bootstrap_mean_pearson(measured, top, settings.bootstrap, settings.seed)
+    intervals = pd.DataFrame([{"method": m, **dict(zip(("ci_low", "ci_high"),
+                                                        percentile_interval(draws[m])))}
+                              for m in METHODS])
+    point = {m: pearson_per_gene(measured, top[m]).mean() for m in METHODS}
+    paired = pd.DataFrame([
+        {"method": m, "baseline": b, "diff": point[m] - point[b],
+         **dict(zip(("ci_low", "ci_high"), percentile_interval(draws[m] - draws[b])))}
+        for m in PASTFLOW_METHODS for b in BASELINES])
+    return intervals, paired
 
 
 def summarise(per_gene: pd.DataFrame) -> pd.DataFrame:

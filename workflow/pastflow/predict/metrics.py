@@ -60,3 +60,43 @@ def most_variable_genes(expression: np.ndarray, genes: Sequence[str], n: int = 5
     variance = expression.var(axis=0)
     order = np.lexsort((np.arange(len(genes)), -variance))  # stable: ties keep gene order
     return [genes[i] for i in order[:n]]
+
+
+def bootstrap_mean_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
+                           n_boot: int, seed: int, chunk: int = 50) -> dict[str, np.ndarray]:
+    """Mean Pearson r over the columns, for each method, on ``n_boot`` resamples of the rows
+    (cells or spots, drawn with replacement; the same draws for every method, so differences
+    between methods are paired). Returns method -> ``float64 (n_boot,)``.
+
+    A resample is a row of counts ``w`` (how often each cell was drawn), so its moments are
+    matrix products ``w @ x``: ``chunk`` resamples at a time, no copy of the data per draw.
+    A column constant in a resample gets r = 0, as in :func:`pearson_per_gene`.
+    """
+    measured = np.asarray(measured, np.float64)
+    n = len(measured)
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)])
+    out = {}
+    for method, predicted in predictions.items():
+        predicted = np.asarray(predicted, np.float64)
+        columns = (measured, predicted, measured * measured, predicted * predicted,
+                   measured * predicted)
+        means = []
+        for start in range(0, n_boot, chunk):
+            w = weights[start:start + chunk].astype(np.float64) / n
+            mx, my, mxx, myy, mxy = (w @ c for c in columns)
+            var_x, var_y = mxx - mx * mx, myy - my * my
+            floor_x = (_CONSTANT_RTOL * np.abs(measured).max(axis=0)) ** 2
+            floor_y = (_CONSTANT_RTOL * np.abs(predicted).max(axis=0)) ** 2
+            varies = (var_x > floor_x) & (var_y > floor_y)
+            r = np.where(varies, (mxy - mx * my) / np.sqrt(np.where(varies, var_x * var_y, 1.0)), 0.0)
+            means.append(np.clip(r, -1.0, 1.0).mean(axis=1))
+        out[method] = np.concatenate(means)
+    return out
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``values``."""
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -25,7 +25,10 @@ class EvaluateSettings(Settings):
                            minimum=1)
     pca_components: int = setting(256, "PCA components of the embeddings before the ridge "
                                        "probe (HEST: 256)", minimum=1)
-    seed: int = setting(0, "seed of PCA and of the leave-one-patient-out run", minimum=0)
+    seed: int = setting(0, "seed of PCA, of the bootstrap and of the leave-one-patient-out "
+                           "run", minimum=0)
+    bootstrap: int = setting(1000, "resamples of a test sample's cells (or spots) for the 95% "
+                                   "intervals of mean r and of paired differences", minimum=10)
     markers: list[str] = setting(["EPCAM", "COL1A1", "CD3D", "MS4A1", "CD68", "PECAM1"],
                                  "genes drawn as maps and listed on their own")
     figure_samples: int = setting(6, "per-sample figures for the first N test samples (all "

@@ -9,6 +9,7 @@ a capillary lumen. Lengths are in microns.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,20 @@ MORPHOLOGY = {
 PROLIFERATING = Morphology((4.6, 6.0), (0.70, 0.92), 0.16, 0.0, 1.25, 0.70, 0.6, 0.15, (0, 1),
                            3.2, 0.85, 0.15, 0.12, 0.15, 0.0, False)
 
+
+
+def morphology_of(kind: str) -> Morphology:
+    """The morphology of a shape-bank kind (a cell type or ``tumour_proliferating``)."""
+    return PROLIFERATING if kind == "tumour_proliferating" else MORPHOLOGY[kind]
+
+
+def cytoplasm_axes(a: float, b: float, m: Morphology) -> tuple[float, float]:
+    """Semi-axes (microns) of the cytoplasm ellipse around a nucleus of semi-axes ``a, b``,
+    oriented like the nucleus: what the H&E shows as the cell body."""
+    cyto_a = a + m.cytoplasm
+    return cyto_a, max(b + 0.5 * m.cytoplasm, cyto_a * m.cytoplasm_aspect)
+
+
 # Expression programmes per cell type: (programme, weight in units of the median baseline).
 TYPE_PROGRAMS = {
     "tumour": (("epithelial", 30.0),),
@@ -125,6 +140,21 @@ class ShapeBank:
         """(n_shapes,) maximum radius, microns."""
         return self.radius.max(axis=1)
 
+    @cached_property
+    def body_axes(self) -> np.ndarray:
+        """(n_shapes, 2) semi-axes of each cell's cytoplasm ellipse (:func:`cytoplasm_axes`), microns."""
+        return np.array([cytoplasm_axes(a, b, morphology_of(self.kinds[k]))
+                         for (a, b), k in zip(self.semi_axes, self.kind)])
+
+    def body_radius_at(self, shape: np.ndarray, angle: np.ndarray) -> np.ndarray:
+        """Radius (microns) of the cell body (cytoplasm ellipse, or the nucleus where it reaches
+        further) of shapes ``shape`` in directions ``angle`` (radians, convention of ``radius``)."""
+        axes = self.body_axes[shape]
+        ca, cb = axes[..., 0], axes[..., 1]
+        rel = angle - self.orientation[shape]
+        ellipse = ca * cb / np.sqrt((cb * np.cos(rel)) ** 2 + (ca * np.sin(rel)) ** 2)
+        return np.maximum(ellipse, self.radius_at(shape, angle))
+
     def shapes_of(self, kind: str) -> np.ndarray:
         return np.flatnonzero(self.kind == self.kinds.index(kind))
 
@@ -163,7 +193,7 @@ def build_shape_bank(rng: np.random.Generator, per_type: int = 64) -> ShapeBank:
     kinds = CELL_TYPES + ("tumour_proliferating",)
     rows = []
     for ki, kind in enumerate(kinds):
-        m = PROLIFERATING if kind == "tumour_proliferating" else MORPHOLOGY[kind]
+        m = morphology_of(kind)
         for j in range(per_type):
             a = rng.uniform(*m.semi_major)
             b = a * rng.uniform(*m.aspect)

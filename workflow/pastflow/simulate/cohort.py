@@ -8,6 +8,7 @@ Layout of a sample ``S`` simulated into ``OUT``::
     OUT/S/truth/cells.parquet     cell_id, cell_type, domain, proliferating, x_px, y_px (H&E
                                   level-0 pixels), x_um, y_um (tissue-frame microns = Xenium
                                   microns = Visium HD bin-grid microns), + spot / bin_008um
+    OUT/S/truth/bins_002um.parquet  Visium HD: the cell whose body holds each 2 um bin
     OUT/S/truth/sample.json       sample, patient, technology, mpp, n_cells, composition, ...
     OUT/S/truth/programs.tsv      kind x gene true mean expression fractions
 """

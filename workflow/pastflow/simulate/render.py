@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft, ndimage
 
-from pastflow.simulate.biology import MORPHOLOGY, N_ANGLES, PROLIFERATING, ShapeBank
+from pastflow.simulate.biology import N_ANGLES, ShapeBank, cytoplasm_axes, morphology_of
 from pastflow.simulate.geometry import SlideGeometry
 from pastflow.simulate.tissue import EDGE_UM, TissueFields
 
@@ -84,14 +84,13 @@ def render_sprites(bank: ShapeBank, geometry: SlideGeometry) -> list[Sprite]:
     sprites = []
     for s in range(len(bank.kind)):
         kind = bank.kinds[bank.kind[s]]
-        m = PROLIFERATING if kind == "tumour_proliferating" else MORPHOLOGY[kind]
+        m = morphology_of(kind)
         rng = np.random.default_rng(int(bank.seeds[s]))
         a, b = bank.semi_axes[s]
         theta = bank.orientation[s]
         table = bank.radius[s].astype(np.float32)
 
-        cyto_a = a + m.cytoplasm
-        cyto_b = max(b + 0.5 * m.cytoplasm, cyto_a * m.cytoplasm_aspect)
+        cyto_a, cyto_b = cytoplasm_axes(a, b, m)
         reach = max(cyto_a, table.max(), b + 2.2 * m.lumen) + 1.5
         rc = int(np.ceil(reach / mpp))
         v, u = np.mgrid[-rc:rc + 1, -rc:rc + 1].astype(np.float32)

@@ -22,13 +22,15 @@ def feature_ids(genes: list[str]) -> list[str]:
     return [f"SIMG{i + 1:08d}" for i in range(len(genes))]
 
 
-def write_feature_barcode_h5(path, counts: sparse.spmatrix, barcodes: list[str], genes: list[str],
+def write_feature_barcode_h5(path, counts: sparse.spmatrix, barcodes: list[str] | np.ndarray,
+                             genes: list[str],
                              *, ids: list[str] | None = None, feature_types: list[str] | None = None,
                              genome: str = "GRCh38", library_id: str = "sample",
                              chemistry: str = "", software_version: str = "") -> None:
     """Write a 10x feature-barcode matrix HDF5 (format version 2).
 
-    ``counts``: ``(n_barcodes, n_features)`` integer counts. On disk the matrix is stored
+    ``counts``: ``(n_barcodes, n_features)`` integer counts; ``barcodes``: strings, or a
+    fixed-width bytes array (``S``) written as is. On disk the matrix is stored
     transposed (features x barcodes, CSC by barcode), i.e. exactly the CSR arrays of ``counts``.
     """
     csr = sparse.csr_matrix(counts)
@@ -39,7 +41,9 @@ def write_feature_barcode_h5(path, counts: sparse.spmatrix, barcodes: list[str],
     ids = ids if ids is not None else feature_ids(genes)
     feature_types = feature_types if feature_types is not None else [GENE_EXPRESSION] * n_features
 
-    def strings(values: list[str]) -> np.ndarray:
+    def strings(values: list[str] | np.ndarray) -> np.ndarray:
+        if isinstance(values, np.ndarray) and values.dtype.kind == "S":
+            return values  # already fixed-width bytes (millions of 2 um bin barcodes)
         return np.array([v.encode("utf-8") for v in values], dtype=f"S{max(1, max(map(len, values), default=1))}")
 
     with h5py.File(path, "w") as f:
