@@ -103,22 +103,24 @@ def test_model_stages_embed_predict_and_evaluate_every_sample(small_run):
     assert (results / "pretrain" / "checkpoints" / "step_00000020").is_dir()
     for sample, _, technology, _ in SAMPLES:
         embedding = ad.read_h5ad(results / "embed" / f"{sample}.h5ad")
-        assert {"X_image", "X_image_random"} <= set(embedding.obsm)
+        assert {"X_image", "X_image_random", "X_morphology"} <= set(embedding.obsm)
         assert ("X_expression" in embedding.obsm) == (technology != "he_only")
         with h5py.File(results / "patches" / f"{sample}.h5") as store:
             assert embedding.n_obs == int(store["cells/in_slide"][:].sum())
         prediction = ad.read_h5ad(results / "predict" / f"{sample}.h5ad")
         assert prediction.n_obs == embedding.n_obs and np.isfinite(prediction.X).all()
-    # every test sample with expression: four methods, finite scores.
+    # every test sample with expression: five methods, two gene selections, finite scores.
     metrics = pd.read_csv(results / "predict" / "metrics.tsv", sep="\t")
     tested = [s for s, _, technology, split in SAMPLES if split == "test" and technology != "he_only"]
-    assert metrics[["sample", "method"]].values.tolist() == [
-        [s, m] for s in tested
-        for m in ("pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder")]
+    assert metrics[["sample", "method", "genes"]].values.tolist() == [
+        [s, m, g] for s in tested
+        for m in ("pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder",
+                  "morphology_ridge")
+        for g in ("train_top", "hest_test_top")]
     assert np.isfinite(metrics["mean_pearson_50"]).all() and (metrics["n_genes"] == 50).all()
     lopo = pd.read_csv(results / "predict" / "lopo.tsv", sep="\t")
     assert sorted(set(lopo["patient"])) == ["P1", "P2"]  # the two training patients
-    for figure in ("per_gene.png", "maps.png"):
+    for figure in ("per_gene.png", "per_gene_intervals.png", "maps.png"):
         assert (results / "predict" / "figures" / "hd" / figure).stat().st_size > 10_000
 
 

@@ -119,6 +119,23 @@ def test_image_and_expression_embeddings_equal_the_models_on_training_tensors(
     assert table.uns["pastflow_embed"]["image_cells_per_s"] > 0
 
 
+def test_morphology_features_are_those_of_the_encoders_crop(embedded, trained, cohort):
+    from pastflow.embed.morphology import MORPHOLOGY_FEATURES, morphology_features
+    from pastflow.patches.reader import PatchStore
+    from pastflow.resolution import crop_px
+
+    table = ad.read_h5ad(embedded["s1"])
+    meta = table.uns["pastflow_embed"]
+    store = PatchStore(cohort[0].store)
+    size = crop_px(store, load_checkpoint(trained / "model").config["model"]["image_px"])
+    assert meta["crop_px"] == size
+    expected = morphology_features(store.read(np.arange(len(store)), size=size), store.mpp)
+    assert table.obsm["X_morphology"] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert list(meta["morphology_features"]) == list(MORPHOLOGY_FEATURES)
+    assert meta["morphology_cells_per_s"] > 0
+    assert np.ptp(table.obsm["X_morphology"], axis=0).max() > 0  # cells differ
+
+
 def test_missing_genes_are_masked_in_expression_embeddings(embedded, trained, cohort):
     """s2 lacks CD6 and BG07: the embedding must equal the model's with those genes masked."""
     table = ad.read_h5ad(embedded["s2"])
@@ -153,7 +170,7 @@ def test_he_only_sample_gets_image_embeddings_only(trained, cohort, tmp_path):
     out = tmp_path / "he.h5ad"
     table = embed_sample(trained / "model", cohort[0].store, out, EmbedSettings(),
                          progress=False)
-    assert set(table.obsm) == {"X_image", "X_image_random"}
+    assert set(table.obsm) == {"X_image", "X_image_random", "X_morphology"}
     assert not table.obs["expression_measured"].any()
     assert ad.read_h5ad(out).obs["sample"].iloc[0] == "s1"  # named after the store
 

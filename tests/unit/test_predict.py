@@ -16,8 +16,10 @@ import scipy.sparse as sp
 import torch
 
 from pastflow.errors import InputError
-from pastflow.predict.evaluate import (METHODS, MeasuredSample, evaluate_leave_one_patient_out,
-                                       evaluate_sample, summarise)
+from pastflow.predict.evaluate import (BASELINES, METHODS, PASTFLOW_METHODS, MeasuredSample,
+                                       bootstrap_intervals, evaluate_leave_one_patient_out,
+                                       evaluate_sample, pooled_variance, selection_genes,
+                                       summarise)
 from pastflow.predict.metrics import most_variable_genes, pearson_per_gene
 from pastflow.predict.ridge import HEST_COMPONENTS, fit_hest_ridge
 from pastflow.predict.settings import EvaluateSettings, PredictSettings
@@ -111,46 +113,102 @@ def test_ridge_caps_components_at_cells_and_rejects_bad_input():
 # ----------------------------------------------------------------------------- evaluation
 
 
-def measured_sample(name, patient, n, seed, informative=True) -> MeasuredSample:
-    """Genes g0..g5 encoded linearly by X_image; X_image_random is noise. g6 varies least."""
+def measured_sample(name, patient, n, seed, informative=True, scale=None) -> MeasuredSample:
+    """Genes g0..g5 encoded linearly by X_image; X_image_random is noise; the 5 morphology
+    features encode g0 only. g6 varies least. ``scale`` multiplies the genes' expression."""
     x, y = linear_data(n, seed=seed)
     rng = np.random.default_rng(seed + 100)
     y = np.column_stack([y, 0.01 * rng.normal(size=n)])
+    if scale is not None:
+        y = y * np.asarray(scale, float)
+    morphology = np.column_stack([y[:, 0] + 0.05 * rng.normal(size=n), rng.normal(size=(n, 4))])
     genes = [f"g{i}" for i in range(7)]
     ids = np.array([f"{name}-{i}" for i in range(n)])
     return MeasuredSample(name=name, patient=patient, cell_ids=ids, genes=genes,
                           expression=sp.csr_matrix(y.astype(np.float32)),
                           embeddings={"X_image": x if informative else rng.normal(size=x.shape),
-                                      "X_image_random": rng.normal(size=x.shape)},
+                                      "X_image_random": rng.normal(size=x.shape),
+                                      "X_morphology": morphology},
                           xy=rng.uniform(0, 100, size=(n, 2)))
 
 
+# Training cells vary most in g5, g4, ...; the test cells in g0, g1, ...: the two gene
+# selections differ.
+TRAIN_SCALE, TEST_SCALE = [1, 2, 3, 4, 5, 6, 1], [6, 5, 4, 3, 2, 1, 1]
+
+
+def test_pooled_variance_is_the_variance_over_all_training_cells():
+    samples = [measured_sample("a", "P1", 50, 1, scale=TRAIN_SCALE),
+               measured_sample("b", "P2", 70, 2, scale=TEST_SCALE)]
+    genes = ["g6", "g0", "g5"]
+    dense = np.concatenate([s.columns(genes) for s in samples])
+    assert pooled_variance(samples, genes) == pytest.approx(dense.var(axis=0), rel=1e-6)
+    with pytest.raises(KeyError, match="'zz'"):
+        pooled_variance(samples, ["g0", "zz"])
+
+
 def test_evaluate_sample_known_answers():
-    train = [measured_sample("a", "P1", 300, 1), measured_sample("b", "P2", 300, 2)]
-    test = measured_sample("t", "P3", 200, 3)
-    top5 = most_variable_genes(test.columns(test.genes), test.genes, 5)
-    # The head predicts the truth for three of the top genes and a constant for the rest.
-    right, flat = top5[:3], [g for g in test.genes if g not in top5[:3]]
+    train = [measured_sample("a", "P1", 300, 1, scale=TRAIN_SCALE),
+             measured_sample("b", "P2", 300, 2, scale=TRAIN_SCALE)]
+    test = measured_sample("t", "P3", 200, 3, scale=TEST_SCALE)
+    # The head predicts the truth for the genes chosen on the training cells only.
     head = pd.DataFrame(test.columns(test.genes), index=test.cell_ids, columns=test.genes)
-    head[flat] = 1.0
+    head[["g0", "g1", "g2", "g3", "g6"]] = 1.0
     per_gene, predictions, genes = evaluate_sample(
-        test, train, head, EvaluateSettings(n_genes=5, markers=["g6", "nope"]))
+        test, train, head, EvaluateSettings(n_genes=2, markers=["g6", "nope"]))
     assert set(per_gene["method"]) == set(METHODS)
-    assert genes[:5] == top5
-    assert "g6" not in genes[:5] and genes[5:] == ["g6"]  # the marker, scored beyond the top 5
+    assert genes == ["g5", "g4", "g0", "g1", "g6"]  # training top, test top, then the marker
+    flags = per_gene.drop_duplicates("gene").set_index("gene")
+    assert flags["train_rank"].to_dict() == {"g5": 1, "g4": 2, "g0": 0, "g1": 0, "g6": 0}
+    assert flags["variance_rank"].to_dict() == {"g5": 0, "g4": 0, "g0": 1, "g1": 2, "g6": 0}
+    assert flags["train_top"].sum() == 2 and flags["top"].sum() == 2
+    assert flags.loc["g6", "marker"] and not flags.loc["g5", "marker"]
     r = per_gene.pivot(index="gene", columns="method", values="pearson_r")
-    assert r.loc[right, "pastflow_head"].tolist() == pytest.approx([1, 1, 1])
-    assert r.loc[top5[3:], "pastflow_head"].tolist() == [0, 0]
+    assert r.loc[["g5", "g4"], "pastflow_head"].tolist() == pytest.approx([1, 1])
+    assert r.loc[["g0", "g1"], "pastflow_head"].tolist() == [0, 0]
     assert (r["mean_baseline"] == 0).all()
-    assert r.loc[genes[:5], "pastflow_ridge"].min() > 0.99
-    assert r.loc[genes[:5], "random_encoder"].abs().max() < 0.3
-    assert per_gene.loc[per_gene["gene"] == "g6", "variance_rank"].eq(0).all()
-    assert per_gene.loc[per_gene["gene"] == "g6", "marker"].all()
-    summary = summarise(per_gene).set_index("method")
-    assert summary.loc["mean_baseline", "mean_pearson_50"] == 0
-    assert summary.loc["pastflow_ridge", "n_genes"] == 5
-    assert summary.loc["pastflow_head", "mean_pearson_50"] == pytest.approx(3 / 5)
-    assert predictions["mean_baseline"].shape == (200, 6)
+    assert r.loc[genes[:4], "pastflow_ridge"].min() > 0.99
+    assert r.loc[genes[:4], "random_encoder"].abs().max() < 0.3
+    # Morphology features that encode g0 only, through the same probe (5 features: PCA keeps 5).
+    assert r.loc["g0", "morphology_ridge"] > 0.95
+    assert r.loc[["g5", "g4", "g1"], "morphology_ridge"].abs().max() < 0.3
+    summary = summarise(per_gene).set_index(["method", "genes"])
+    assert summary.loc[("pastflow_head", "train_top"), "mean_pearson_50"] == pytest.approx(1)
+    assert summary.loc[("pastflow_head", "hest_test_top"), "mean_pearson_50"] == 0
+    assert summary.loc[("mean_baseline", "train_top"), "mean_pearson_50"] == 0
+    assert (summary["n_genes"] == 2).all() and len(summary) == 2 * len(METHODS)
+    assert predictions["mean_baseline"].shape == (200, 5)
+
+
+def test_bootstrap_intervals_per_selection_per_gene_and_paired():
+    train = [measured_sample("a", "P1", 300, 1, scale=TRAIN_SCALE)]
+    test = measured_sample("t", "P3", 200, 3, scale=TEST_SCALE)
+    head = pd.DataFrame(test.columns(test.genes), index=test.cell_ids, columns=test.genes)
+    head[["g0", "g1"]] = 1.0
+    settings = EvaluateSettings(n_genes=2, markers=[], bootstrap=200)
+    per_gene, predictions, genes = evaluate_sample(test, train, head, settings)
+    intervals, paired, gene_intervals = bootstrap_intervals(
+        test, selection_genes(per_gene), predictions, genes, settings)
+    assert intervals[["method", "genes"]].values.tolist() == [
+        [m, g] for g in ("train_top", "hest_test_top") for m in METHODS]
+    ci = intervals.set_index(["method", "genes"])
+    assert ci.loc[("pastflow_head", "train_top")].tolist() == pytest.approx([1, 1])
+    assert ci.loc[("pastflow_head", "hest_test_top")].tolist() == [0, 0]
+    low, high = ci.loc[("morphology_ridge", "hest_test_top")]  # g0 (~0.99) and g1 (~0)
+    assert 0.3 < low < 0.5 < high < 0.7
+    assert paired[["method", "baseline"]].values.tolist() == [
+        [m, b] for m in PASTFLOW_METHODS for b in BASELINES]
+    assert "morphology_ridge" in BASELINES
+    for row in paired.itertuples():
+        assert row.ci_low <= row.diff <= row.ci_high
+    # Per-gene intervals hold the gene's r; a constant prediction's is [0, 0].
+    per_gene = per_gene.merge(gene_intervals, on=["method", "gene"])
+    assert (per_gene["ci_low"] <= per_gene["pearson_r"] + 1e-12).all()
+    assert (per_gene["pearson_r"] <= per_gene["ci_high"] + 1e-12).all()
+    g1 = per_gene.set_index(["method", "gene"]).loc[("pastflow_ridge", "g1")]
+    assert 0 < g1["ci_high"] - g1["ci_low"] < 0.01  # r ~ 0.999, tightly
+    assert (per_gene.loc[per_gene["method"] == "mean_baseline", ["ci_low", "ci_high"]] == 0).all(
+        axis=None)
 
 
 def test_evaluate_sample_uses_only_genes_every_sample_measures():
@@ -221,14 +279,25 @@ def test_head_predictions_mse_and_nb():
 
 
 def test_figures_are_drawn(tmp_path):
-    from pastflow.predict.plots import plot_marker_maps, plot_per_gene
+    from pastflow.predict.plots import plot_marker_maps, plot_per_gene, plot_per_gene_intervals
 
     train = [measured_sample("a", "P1", 200, 1)]
     test = measured_sample("t", "P3", 120, 3)
     head = pd.DataFrame(test.columns(test.genes), index=test.cell_ids, columns=test.genes)
-    per_gene, predictions, genes = evaluate_sample(test, train, head,
-                                                   EvaluateSettings(n_genes=4, markers=["g6"]))
+    settings = EvaluateSettings(n_genes=4, markers=["g6"], bootstrap=50)
+    per_gene, predictions, genes = evaluate_sample(test, train, head, settings)
     plot_per_gene(per_gene, "t", tmp_path / "bars.png")
+    _, _, intervals = bootstrap_intervals(test, selection_genes(per_gene), predictions, genes,
+                                          settings)
+    figure = plot_per_gene_intervals(per_gene.merge(intervals, on=["method", "gene"]), "t",
+                                     tmp_path / "intervals.png")
+    ax = figure.axes[0]
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(shown) == sorted(per_gene.loc[per_gene["train_top"], "gene"].unique())
+    head_r = per_gene[per_gene["method"] == "pastflow_head"].set_index("gene")["pearson_r"]
+    assert np.all(np.diff(head_r[shown].to_numpy()) >= 0)  # the head's best at the top
+    assert len(figure.legends[0].get_texts()) == len(METHODS) - 1  # not the mean baseline
+    assert (tmp_path / "intervals.png").stat().st_size > 10_000
     thumbnail = np.full((50, 50, 3), 230, np.uint8)
     plot_marker_maps(thumbnail, 2.0, test.xy, {"measured": test.columns(["g0", "g6"]),
                                                "pastflow_head": predictions["pastflow_head"][:, [0, 4]]},
@@ -275,28 +344,39 @@ def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, 
     metrics = pd.read_csv(tmp_path / "metrics.tsv", sep="\t")
     assert metrics.columns.tolist() == ["sample", "method", "mean_pearson_50", "n_genes",
                                         "mean_pearson_markers", "n_cells", "n_train_cells",
-                                        "ci_low", "ci_high"]
+                                        "ci_low", "ci_high", "genes"]
+    assert metrics[["sample", "method", "genes"]].values.tolist() == [
+        ["s2", m, g] for m in METHODS for g in ("train_top", "hest_test_top")]
     scored = metrics[metrics["method"] != "mean_baseline"]
     assert ((scored["ci_low"] < scored["mean_pearson_50"])
             & (scored["mean_pearson_50"] < scored["ci_high"])).all()
     paired = pd.read_csv(tmp_path / "paired.tsv", sep="\t")
     assert paired.columns.tolist() == ["sample", "method", "baseline", "diff", "ci_low", "ci_high"]
     assert paired[["method", "baseline"]].values.tolist() == [
-        [m, b] for m in ("pastflow_head", "pastflow_ridge") for b in ("random_encoder", "mean_baseline")]
-    point = metrics.set_index("method")["mean_pearson_50"]
+        [m, b] for m in ("pastflow_head", "pastflow_ridge")
+        for b in ("random_encoder", "mean_baseline", "morphology_ridge")]
+    headline = metrics[metrics["genes"] == "train_top"]
+    point = headline.set_index("method")["mean_pearson_50"]
     for row in paired.itertuples():
         assert row.diff == pytest.approx(point[row.method] - point[row.baseline], abs=2e-6)
         assert row.ci_low <= row.diff <= row.ci_high
-    assert metrics[["sample", "method"]].values.tolist() == [["s2", m] for m in METHODS]
     assert np.isfinite(metrics["mean_pearson_50"]).all() and (metrics["n_genes"] == 8).all()
-    assert metrics.set_index("method").loc["mean_baseline", "mean_pearson_50"] == 0
+    assert (metrics.loc[metrics["method"] == "mean_baseline", "mean_pearson_50"] == 0).all()
     per_gene = pd.read_csv(tmp_path / "per_gene.tsv", sep="\t")
     assert per_gene.columns.tolist() == ["sample", "method", "gene", "pearson_r",
-                                         "variance_rank", "top", "marker"]
+                                         "variance_rank", "top", "marker", "train_rank",
+                                         "train_top", "ci_low", "ci_high"]
+    # Each selection's mean r is the mean of its genes' r.
+    for row in metrics.itertuples():
+        flag = "train_top" if row.genes == "train_top" else "top"
+        genes = per_gene[(per_gene["method"] == row.method) & per_gene[flag]]
+        assert len(genes) == 8
+        assert genes["pearson_r"].mean() == pytest.approx(row.mean_pearson_50, abs=1e-5)
     assert set(per_gene.loc[per_gene["marker"], "gene"]) == {"CD3D", "MKI67"}
     assert not (tmp_path / "lopo.tsv").exists()  # evaluate-lopo's now
     assert (tmp_path / "figures" / "s2" / "per_gene.png").stat().st_size > 10_000
     assert (tmp_path / "figures" / "s2" / "maps.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "s2" / "per_gene_intervals.png").stat().st_size > 10_000
     # figure_samples: 0 scores every test sample and draws none.
     settings.write_text("evaluate:\n  n_genes: 8\n  markers: [CD3D, MKI67]\n"
                         "  figure_samples: 0\n")
@@ -329,7 +409,7 @@ def test_evaluate_lopo_command_holds_out_each_training_patient(embedded, trained
                                      "n_cells", "n_train_cells"]
     assert lopo[["patient", "method"]].values.tolist() == [
         [p, m] for p in ("s1", "s2") for m in ("pastflow_ridge", "random_encoder",
-                                               "mean_baseline")]
+                                               "morphology_ridge", "mean_baseline")]
     assert (lopo["n_genes"] == 6).all() and (lopo["n_cells"] == 36).all()
     assert (lopo["n_train_cells"] == 36).all()
     assert np.isfinite(lopo["mean_pearson_50"]).all()
@@ -380,6 +460,22 @@ def test_evaluate_names_the_file_when_tables_do_not_match(embedded, cohort, tmp_
                               predictions=tmp_path / "none.h5ad")) == 2
     err = capsys.readouterr().err
     assert str(s1.table) in err and "no cell of the QC table has an embedding" in err
+    assert not (tmp_path / "metrics.tsv").exists()
+
+
+def test_evaluate_refuses_embeddings_written_before_the_morphology_features(
+        embedded, cohort, tmp_path, capsys):
+    from pastflow.cli import main
+
+    old = ad.read_h5ad(embedded["s1"])
+    del old.obsm["X_morphology"]
+    old_path = tmp_path / "old_s1.h5ad"
+    old.write_h5ad(old_path)
+    args = evaluate_args(embedded, cohort, tmp_path, predictions=tmp_path / "none.h5ad")
+    args[args.index("--train-embeddings") + 1] = str(old_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(old_path) in err and "X_morphology" in err and "pastflow embed" in err
     assert not (tmp_path / "metrics.tsv").exists()
 
 

@@ -25,13 +25,32 @@ def write_tsv(path, **columns):
     return path
 
 
-def metrics_table(path, r_by_sample: dict[str, float]):
-    """metrics.tsv: the head at the given r, the mean baseline at 0, per sample."""
+def metrics_table(path, r_by_sample: dict[str, float], selections: bool = True):
+    """metrics.tsv: the head at the given r, the mean baseline at 0, per sample, over the
+    genes chosen on the training cells; and (``selections``) the HEST-convention rows with the
+    head 0.1 higher, which the summary must not show."""
     samples = list(r_by_sample)
-    return write_tsv(path, sample=[s for s in samples for _ in range(2)],
-                     method=["pastflow_head", "mean_baseline"] * len(samples),
-                     mean_pearson_50=[v for s in samples for v in (r_by_sample[s], 0.0)],
-                     n_genes=[50] * 2 * len(samples), n_cells=[100] * 2 * len(samples))
+    rows = [{"sample": s, "method": m, "mean_pearson_50": r, "n_genes": 50, "n_cells": 100,
+             "genes": "train_top"}
+            for s in samples for m, r in (("pastflow_head", r_by_sample[s]),
+                                          ("mean_baseline", 0.0))]
+    if selections:
+        rows += [{**row, "genes": "hest_test_top", "mean_pearson_50":
+                  row["mean_pearson_50"] + 0.1 * (row["method"] != "mean_baseline")}
+                 for row in rows]
+    else:
+        rows = [{k: v for k, v in row.items() if k != "genes"} for row in rows]
+    return write_tsv(path, **pd.DataFrame(rows).to_dict("list"))
+
+
+def test_only_the_genes_chosen_on_the_training_cells_are_summarised(tmp_path):
+    stores = [fake_store(tmp_path / "a.h5", [1, 1])]
+    for selections in (True, False):  # a table written before the `genes` column: as it is
+        metrics = metrics_table(tmp_path / "metrics.tsv", {"a": 0.7}, selections)
+        summary = summarise_run(["xenium"], stores, metrics=metrics, samples=["a"])
+        sample = summary["expression"]["by_sample"][0]
+        assert sample["pearson_50"] == {"pastflow_head": 0.7, "mean_baseline": 0.0}
+        assert "training cells" in summary["expression"]["metrics"]["pearson_50"]
 
 
 def test_two_test_samples_of_two_technologies_give_two_rows_and_no_mean(tmp_path):

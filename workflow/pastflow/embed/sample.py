@@ -6,14 +6,18 @@ Rows are the cells of the patch store that lie inside the slide, in store order
 - ``X_image`` ``float32 (n, embed_dim)``: the trained image embedding ``h``;
 - ``X_image_random`` ``float32 (n, embed_dim)``: the same architecture with seeded random
   weights (the random-encoder baseline of the evaluation);
+- ``X_morphology`` ``float32 (n, 22)``: hand-crafted morphology features of the same crop
+  (stains, nuclei, texture; :mod:`pastflow.embed.morphology`, names in
+  ``uns["pastflow_embed"]["morphology_features"]``), the morphology baseline of the evaluation;
 - ``X_expression`` ``float32 (n, embed_dim)``: the trained expression embedding, for cells
   of the sample's QC table; NaN rows for cells QC dropped, and absent for H&E-only samples.
 
 ``obs``: ``cell_id``, ``sample``, ``x_px``, ``y_px`` (H&E level-0 pixels), ``in_tissue``,
 ``expression_measured``. ``uns["pastflow_embed"]``: model path and step, encoder, widths,
-the random seed, the store's resolution (``store_mpp``, ``store_patch_um``) and slide, the
+the random seed, the morphology feature names, the store's resolution (``store_mpp``,
+``store_patch_um``) and slide, the
 model's (``model_mpp``, ``model_patch_um``; NaN for checkpoints that record none), and the
-measured throughput.
+measured throughput (image embedding and morphology features, cells/s).
 
 The store must be at the model's resolution (:mod:`pastflow.resolution`).
 """
@@ -31,6 +35,7 @@ import torch
 
 from pastflow.atomic import atomic_path
 from pastflow.embed.encode import embed_expression, embed_images, random_model
+from pastflow.embed.morphology import MORPHOLOGY_FEATURES, measure_store
 from pastflow.embed.settings import EmbedSettings
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
@@ -90,12 +95,18 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
                           desc=f"{sample}: random", **image_kwargs)
     log.info("%s: embedded %d cells in %.1f s (%.0f cells/s, %s, batch %d)", sample, len(rows),
              seconds, len(rows) / seconds, device, batch_size)
+    start = time.perf_counter()
+    morphology = measure_store(store, rows, crop_px(store, config["model"]["image_px"]),
+                               store.mpp)
+    morphology_seconds = max(time.perf_counter() - start, 1e-9)
+    log.info("%s: morphology features of %d cells in %.1f s (%.0f cells/s)", sample, len(rows),
+             morphology_seconds, len(rows) / morphology_seconds)
 
     xy = np.asarray(store.xy_level0)[rows]
     obs = pd.DataFrame({"cell_id": cell_ids, "sample": sample, "x_px": xy[:, 0], "y_px": xy[:, 1],
                         "in_tissue": np.asarray(store.in_tissue)[rows],
                         "expression_measured": False}, index=pd.Index(cell_ids, name=None))
-    obsm = {"X_image": trained, "X_image_random": random}
+    obsm = {"X_image": trained, "X_image_random": random, "X_morphology": morphology}
     if table_path is not None:
         obsm["X_expression"] = _expression_embeddings(model, table_path, obs, batch_size, device)
     table = ad.AnnData(np.zeros((len(rows), 0), np.float32), obs=obs, obsm=obsm)
@@ -114,6 +125,8 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
         "slide_mpp": store.slide_mpp,
         "device": str(device), "batch_size": int(batch_size),
         "image_cells_per_s": round(len(rows) / seconds, 1),
+        "morphology_features": list(MORPHOLOGY_FEATURES),
+        "morphology_cells_per_s": round(len(rows) / morphology_seconds, 1),
     }
     with atomic_path(out_path) as tmp:
         table.write_h5ad(tmp)

@@ -9,7 +9,9 @@ Registered names (see :mod:`pastflow.models.registry`):
 - ``timm``: any timm architecture ``arch``, from scratch or from local ``weights``;
 - ``vit_cell``: a ViT-Tiny sized for cell patches (8 px tokens, 6 blocks, width 192);
 - ``resnet18_cell``: timm's ResNet-18;
-- ``timm_lora``: a local pathology foundation model checkpoint, frozen, adapted with LoRA.
+- ``timm_lora``: a local pathology foundation model checkpoint, frozen, adapted with LoRA;
+- ``uni``, ``uni2_h``, ``virchow2``, ...: named foundation models, their architecture and
+  file layout from the model cards (:mod:`pastflow.models.foundation`).
 """
 
 from __future__ import annotations
@@ -120,3 +122,8 @@ def timm_lora(arch: str, weights: str | Path, image_px: int, r: int = 8, alpha: 
     trainable, total = count_parameters(backbone)
     log.info("timm_lora %s from %s: %d of %d parameters trainable", arch, weights, trainable, total)
     return ImageEncoder(backbone, arch)
+
+
+# Imported last: foundation.py builds on ImageEncoder above and registers the named
+# pathology foundation models (uni, virchow2, ...) beside these encoders.
+from pastflow.models import foundation  # noqa: E402,F401

@@ -47,9 +47,11 @@ def add_parser(subparsers) -> None:
     e = subparsers.add_parser(
         "evaluate", help="score expression prediction on the test samples against baselines",
         description="Per-gene Pearson r on every test sample of the trained head, the "
-                    "HEST-Benchmark ridge probe on trained and on random-weight embeddings, and "
-                    "the mean-expression baseline (leave-one-patient-out on the training set "
-                    "is `pastflow evaluate-lopo`).")
+                    "HEST-Benchmark ridge probe on trained and on random-weight embeddings and "
+                    "on hand-crafted morphology features, and the mean-expression baseline, "
+                    "over the genes most variable on the training cells and (HEST convention) "
+                    "on the test sample (leave-one-patient-out on the training set is "
+                    "`pastflow evaluate-lopo`).")
     e.add_argument("--test-embeddings", nargs="+", required=True, type=Path)
     e.add_argument("--test-tables", nargs="+", required=True, type=Path,
                    help="QC tables of the test samples, in the order of --test-embeddings")
@@ -61,7 +63,8 @@ def add_parser(subparsers) -> None:
     e.add_argument("--paired", required=True, type=Path,
                    help="paired differences (pastflow minus baselines) to write (.tsv)")
     e.add_argument("--figures", required=True, type=Path,
-                   help="folder for FIGURES/{sample}/per_gene.png and maps.png")
+                   help="folder for FIGURES/{sample}/per_gene.png, per_gene_intervals.png "
+                        "and maps.png")
     add_settings_argument(e, "evaluate")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=run_evaluate)

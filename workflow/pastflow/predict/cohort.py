@@ -3,17 +3,25 @@
 :func:`evaluate_cohort` (``pastflow evaluate``) scores the test samples and writes (each
 atomically):
 
-- ``metrics.tsv``: one row per test sample and method: ``sample``, ``method``,
-  ``mean_pearson_50`` (mean r over the 50 most variable genes of the sample), then
-  ``n_genes``, ``mean_pearson_markers``, ``n_cells``, ``n_train_cells``, ``ci_low``,
-  ``ci_high`` (95% bootstrap interval of ``mean_pearson_50`` over the sample's cells);
+- ``metrics.tsv``: one row per test sample, method and gene selection: ``sample``,
+  ``method``, ``mean_pearson_50`` (mean r over the selection's 50 genes), then ``n_genes``,
+  ``mean_pearson_markers``, ``n_cells``, ``n_train_cells``, ``ci_low``, ``ci_high`` (95%
+  bootstrap interval of ``mean_pearson_50`` over the sample's cells), ``genes`` (the
+  selection: ``train_top``, the 50 most variable over the training cells, the headline; or
+  ``hest_test_top``, the 50 most variable on the test sample, the HEST convention);
 - ``paired.tsv``: ``sample``, ``method`` (pastflow_head, pastflow_ridge), ``baseline``
-  (random_encoder, mean_baseline), ``diff`` (method minus baseline, mean r), ``ci_low``,
-  ``ci_high`` (paired bootstrap);
+  (random_encoder, mean_baseline, morphology_ridge), ``diff`` (method minus baseline, mean r
+  over the ``train_top`` genes), ``ci_low``, ``ci_high`` (paired bootstrap);
 - ``per_gene.tsv``: ``sample``, ``method``, ``gene``, ``pearson_r``, ``variance_rank``,
-  ``top``, ``marker``;
-- ``figures/{sample}/per_gene.png`` and ``figures/{sample}/maps.png`` per test sample (the
-  first ``evaluate.figure_samples``).
+  ``top`` (rank on, and among the top genes of, the test sample: ``hest_test_top``),
+  ``marker``, ``train_rank``, ``train_top`` (the same over the training cells:
+  ``train_top``), ``ci_low``, ``ci_high`` (95% bootstrap interval of the gene's r);
+- ``figures/{sample}/per_gene.png``, ``per_gene_intervals.png`` and ``maps.png`` per test
+  sample (the first ``evaluate.figure_samples``).
+
+Embedding tables written before the morphology features (no ``obsm["X_morphology"]``) are
+refused with an error naming the file: the embed stage must run again (a comparison without
+the morphology baseline would silently lose the baseline that is hardest to beat).
 
 :func:`evaluate_lopo` (``pastflow evaluate-lopo``) writes ``lopo.tsv``: leave-one-patient-out
 on the training samples (:func:`~pastflow.predict.evaluate.evaluate_leave_one_patient_out`),
@@ -33,9 +41,9 @@ import pandas as pd
 from pastflow.atomic import atomic_path
 from pastflow.errors import InputError
 from pastflow.models.data import read_qc_table
-from pastflow.predict.evaluate import (METHODS, MeasuredSample, bootstrap_intervals,
+from pastflow.predict.evaluate import (METHODS, PROBES, MeasuredSample, bootstrap_intervals,
                                        evaluate_leave_one_patient_out, evaluate_sample,
-                                       join_measured, summarise)
+                                       join_measured, selection_genes, summarise)
 from pastflow.predict.sample import read_embedding
 from pastflow.predict.settings import EvaluateSettings
 from pastflow.tables import read_h5ad
@@ -59,6 +67,10 @@ def read_measured(embedding_path: str | Path, table_path: str | Path) -> Measure
     """A sample's embedding table joined to its QC table (sample and patient from the QC
     table's ``uns["pastflow"]``)."""
     embedding = read_embedding(embedding_path)
+    missing = [key for key in PROBES.values() if key not in embedding.obsm]
+    if missing:
+        raise InputError(embedding_path, f"has no obsm {', '.join(missing)}: written by an "
+                                         "older embed stage; run `pastflow embed` again")
     qc = read_qc_table(table_path)
     meta = qc.uns.get("pastflow", {})
     name = str(meta.get("sample", Path(table_path).stem))
@@ -114,9 +126,10 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
             per_gene, predictions, genes = evaluate_sample(test, training, head, settings)
         except ValueError as err:
             raise InputError(prediction_path, str(err)) from None
-        top = per_gene.loc[per_gene["top"] & (per_gene["method"] == METHODS[0]), "gene"]
-        intervals, paired = bootstrap_intervals(test, list(top), predictions, genes, settings)
-        summary = summarise(per_gene).merge(intervals, on="method").assign(
+        intervals, paired, gene_intervals = bootstrap_intervals(
+            test, selection_genes(per_gene), predictions, genes, settings)
+        per_gene = per_gene.merge(gene_intervals, on=["method", "gene"], how="left")
+        summary = summarise(per_gene).merge(intervals, on=["method", "genes"]).assign(
             sample=test.name, n_cells=len(test), n_train_cells=n_train)
         paired_frames.append(paired.assign(sample=test.name))
         metrics.append(summary)
@@ -124,15 +137,17 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
         if index < settings.figure_samples:
             _draw(test, per_gene, predictions, genes, markers, out.figures)
         for row in summary.itertuples():
-            log.info("%s %-15s mean r over %d genes %.3f (markers %.3f)", test.name, row.method,
-                     row.n_genes, row.mean_pearson_50, row.mean_pearson_markers)
+            log.info("%s %-16s mean r over %d %s genes %.3f (markers %.3f)", test.name,
+                     row.method, row.n_genes, row.genes, row.mean_pearson_50,
+                     row.mean_pearson_markers)
     metrics_table = pd.concat(metrics, ignore_index=True)[
         ["sample", "method", "mean_pearson_50", "n_genes", "mean_pearson_markers", "n_cells",
-         "n_train_cells", "ci_low", "ci_high"]]
+         "n_train_cells", "ci_low", "ci_high", "genes"]]
     paired_table = pd.concat(paired_frames, ignore_index=True)[
         ["sample", "method", "baseline", "diff", "ci_low", "ci_high"]]
     per_gene_table = pd.concat(per_gene_frames, ignore_index=True)[
-        ["sample", "method", "gene", "pearson_r", "variance_rank", "top", "marker"]]
+        ["sample", "method", "gene", "pearson_r", "variance_rank", "top", "marker", "train_rank",
+         "train_top", "ci_low", "ci_high"]]
     for frame, path in ((metrics_table, out.metrics), (per_gene_table, out.per_gene),
                         (paired_table, out.paired)):
         _write_tsv(frame, path)
@@ -178,12 +193,14 @@ def _draw(test: MeasuredSample, per_gene: pd.DataFrame, predictions: dict, genes
           markers: Sequence[str], figures: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from pastflow.predict.plots import plot_marker_maps, plot_per_gene
+    from pastflow.predict.plots import (plot_marker_maps, plot_per_gene,
+                                        plot_per_gene_intervals)
     from pastflow.thumbnail import read_thumbnail
 
     folder = figures / test.name
     folder.mkdir(parents=True, exist_ok=True)
     plt.close(plot_per_gene(per_gene, test.name, folder / "per_gene.png"))
+    plt.close(plot_per_gene_intervals(per_gene, test.name, folder / "per_gene_intervals.png"))
     shown = [g for g in markers if g in genes] or genes[:4]  # no marker scored: the top 4
     if not test.slide_path or not Path(test.slide_path).is_file():
         log.warning("%s: slide %r not found; no expression maps", test.name, test.slide_path)

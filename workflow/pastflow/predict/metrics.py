@@ -57,16 +57,22 @@ def most_variable_genes(expression: np.ndarray, genes: Sequence[str], n: int = 5
     expression = np.asarray(expression, np.float64)
     if expression.shape[1] != len(genes):
         raise ValueError(f"{expression.shape[1]} columns but {len(genes)} gene names")
-    variance = expression.var(axis=0)
+    return highest_variance_genes(expression.var(axis=0), genes, n)
+
+
+def highest_variance_genes(variance: np.ndarray, genes: Sequence[str], n: int = 50) -> list[str]:
+    """The ``n`` genes of highest ``variance`` (one value per gene), highest first (ties: gene
+    order)."""
+    variance = np.asarray(variance, np.float64)
     order = np.lexsort((np.arange(len(genes)), -variance))  # stable: ties keep gene order
     return [genes[i] for i in order[:n]]
 
 
-def bootstrap_mean_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
-                           n_boot: int, seed: int, chunk: int = 50) -> dict[str, np.ndarray]:
-    """Mean Pearson r over the columns, for each method, on ``n_boot`` resamples of the rows
+def bootstrap_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
+                      n_boot: int, seed: int, chunk: int = 50) -> dict[str, np.ndarray]:
+    """Pearson r of every column, for each method, on ``n_boot`` resamples of the rows
     (cells or spots, drawn with replacement; the same draws for every method, so differences
-    between methods are paired). Returns method -> ``float64 (n_boot,)``.
+    between methods are paired). Returns method -> ``float64 (n_boot, n_genes)``.
 
     A resample is a row of counts ``w`` (how often each cell was drawn), so its moments are
     matrix products ``w @ x``: ``chunk`` resamples at a time, no copy of the data per draw.
@@ -81,7 +87,7 @@ def bootstrap_mean_pearson(measured: np.ndarray, predictions: dict[str, np.ndarr
         predicted = np.asarray(predicted, np.float64)
         columns = (measured, predicted, measured * measured, predicted * predicted,
                    measured * predicted)
-        means = []
+        draws = []
         for start in range(0, n_boot, chunk):
             w = weights[start:start + chunk].astype(np.float64) / n
             mx, my, mxx, myy, mxy = (w @ c for c in columns)
@@ -90,9 +96,17 @@ def bootstrap_mean_pearson(measured: np.ndarray, predictions: dict[str, np.ndarr
             floor_y = (_CONSTANT_RTOL * np.abs(predicted).max(axis=0)) ** 2
             varies = (var_x > floor_x) & (var_y > floor_y)
             r = np.where(varies, (mxy - mx * my) / np.sqrt(np.where(varies, var_x * var_y, 1.0)), 0.0)
-            means.append(np.clip(r, -1.0, 1.0).mean(axis=1))
-        out[method] = np.concatenate(means)
+            draws.append(np.clip(r, -1.0, 1.0))
+        out[method] = np.concatenate(draws)
     return out
+
+
+def bootstrap_mean_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
+                           n_boot: int, seed: int, chunk: int = 50) -> dict[str, np.ndarray]:
+    """Mean Pearson r over the columns on each resample of :func:`bootstrap_pearson` (same
+    arguments): method -> ``float64 (n_boot,)``."""
+    return {method: draws.mean(axis=1) for method, draws in
+            bootstrap_pearson(measured, predictions, n_boot, seed, chunk).items()}
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -100,3 +114,11 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def percentile_intervals(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of bootstrap ``draws (n_boot, k)``: the central ``level`` percentile
+    interval, as ``(low (k,), high (k,))``."""
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
+    return low, high

@@ -10,8 +10,8 @@ import pandas as pd
 
 from pastflow.atomic import atomic_path
 
-METHOD_COLOURS = {"pastflow_head": "C0", "pastflow_ridge": "C2", "random_encoder": "C7",
-                  "mean_baseline": "C3"}
+METHOD_COLOURS = {"pastflow_head": "C0", "pastflow_ridge": "C2", "morphology_ridge": "C1",
+                  "random_encoder": "C7", "mean_baseline": "C3"}
 
 
 def _pyplot():
@@ -27,17 +27,21 @@ def plot_per_gene(per_gene: pd.DataFrame, sample: str, path: str | Path | None =
                   ax=None):
     """Grouped bars: Pearson r of every scored gene (x, sorted by the head's r) per method.
 
-    ``per_gene`` is one sample's long table (``method, gene, pearson_r, top, marker``); marker
-    genes outside the top genes follow them, after a gap. Dashed lines: each method's mean over
-    the top genes. Returns the figure; writes it to ``path`` (PNG, atomically) if given.
+    ``per_gene`` is one sample's long table (``method, gene, pearson_r, top, marker`` and,
+    when present, ``train_top``); the top genes are the ``train_top`` ones (most variable over
+    the training cells) when the table has them, else ``top``; the other scored genes
+    (the test sample's own top genes, markers) follow them, after a gap. Dashed lines: each
+    method's mean over the top genes. Returns the figure; writes it to ``path`` (PNG,
+    atomically) if given.
     """
     plt = _pyplot()
     methods = [m for m in METHOD_COLOURS if m in set(per_gene["method"])]
     wide = per_gene.pivot_table(index="gene", columns="method", values="pearson_r")
     flags = per_gene.drop_duplicates("gene").set_index("gene")
     key = "pastflow_head" if "pastflow_head" in wide else methods[0]
-    top = wide.loc[flags.index[flags["top"]]].sort_values(key, ascending=False)
-    extra = wide.loc[flags.index[~flags["top"]]].sort_values(key, ascending=False)
+    chosen = flags["train_top"] if "train_top" in flags else flags["top"]
+    top = wide.loc[flags.index[chosen]].sort_values(key, ascending=False)
+    extra = wide.loc[flags.index[~chosen]].sort_values(key, ascending=False)
     genes = list(top.index) + list(extra.index)
     x = np.arange(len(genes)) + np.where(np.arange(len(genes)) >= len(top), 1.0, 0.0)
     if ax is None:
@@ -57,10 +61,55 @@ def plot_per_gene(per_gene: pd.DataFrame, sample: str, path: str | Path | None =
     ax.set_xlim(x[0] - 0.7, x[-1] + 0.7)
     ax.set_ylim(min(-0.1, float(np.nanmin(wide.to_numpy())) - 0.05), 1.0)
     ax.set_ylabel("Pearson r (measured vs predicted)")
-    ax.set_title(f"{sample}: {len(top)} most variable genes, then markers (* = marker gene)",
-                 fontsize=10)
+    where = "over the training cells" if "train_top" in flags else "on this sample"
+    ax.set_title(f"{sample}: the {len(top)} genes most variable {where}, then the other scored "
+                 "genes (* = marker gene)", fontsize=10)
     ax.legend(fontsize=7, ncol=len(methods), loc="upper right", frameon=False)
     fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def plot_per_gene_intervals(per_gene: pd.DataFrame, sample: str,
+                            path: str | Path | None = None):
+    """Pearson r with its 95% bootstrap interval, per gene (rows) and method (colours), for
+    the ``train_top`` genes of one sample's long table (``method, gene, pearson_r,
+    train_top, ci_low, ci_high``), sorted by the head's r. The mean baseline is left out: it
+    is 0 with no spread by construction. Returns the figure; writes it to ``path`` if given.
+    """
+    plt = _pyplot()
+    shown = per_gene[per_gene["train_top"] & (per_gene["method"] != "mean_baseline")]
+    methods = [m for m in METHOD_COLOURS if m in set(shown["method"])]
+    r = shown.pivot_table(index="gene", columns="method", values="pearson_r")
+    key = "pastflow_head" if "pastflow_head" in r else methods[0]
+    genes = list(r.sort_values(key, ascending=True).index)  # best at the top
+    low = shown.pivot_table(index="gene", columns="method", values="ci_low").loc[genes]
+    high = shown.pivot_table(index="gene", columns="method", values="ci_high").loc[genes]
+    r = r.loc[genes]
+    fig, ax = plt.subplots(figsize=(7.5, max(3.5, 0.24 * len(genes) + 1.6)))
+    y = np.arange(len(genes))
+    step = 0.7 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        offset = (i - (len(methods) - 1) / 2) * step
+        values = r[method].to_numpy()
+        # A percentile interval need not hold the estimate on all cells: clip, never negative.
+        ax.errorbar(values, y + offset,
+                    xerr=np.clip([values - low[method].to_numpy(),
+                                  high[method].to_numpy() - values], 0, None),
+                    fmt="o", markersize=2.5, elinewidth=0.9, capsize=0,
+                    color=METHOD_COLOURS[method],
+                    label=f"{method} (mean {np.mean(values):.3f})")
+    ax.set_yticks(y, genes, fontsize=7)
+    ax.set_ylim(-0.7, len(genes) - 0.3)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.grid(axis="x", linewidth=0.3, alpha=0.5)
+    ax.set_xlabel("Pearson r (measured vs predicted), 95% bootstrap interval over cells")
+    ax.set_title(f"{sample}: the {len(genes)} genes most variable over the training cells",
+                 fontsize=10)
+    # The legend goes under the axes: inside, it would hide some genes' intervals.
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=2,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.55 / fig.get_figheight(), 1, 1))
     _save(fig, path)
     return fig
 

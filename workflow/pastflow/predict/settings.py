@@ -21,8 +21,9 @@ class PredictSettings(Settings):
 class EvaluateSettings(Settings):
     """Scoring predicted expression on the test samples (HEST-Benchmark ridge protocol)."""
 
-    n_genes: int = setting(50, "genes scored: the most variable of each test sample",
-                           minimum=1)
+    n_genes: int = setting(50, "genes scored: the most variable over the training samples' "
+                               "cells (headline), and, reported too, of each test sample "
+                               "(HEST convention)", minimum=1)
     pca_components: int = setting(256, "PCA components of the embeddings before the ridge "
                                        "probe (HEST: 256)", minimum=1)
     seed: int = setting(0, "seed of PCA, of the bootstrap and of the leave-one-patient-out "

@@ -51,14 +51,15 @@ class PretrainDataSettings(Settings):
     neighbor_radius_um: float | None = setting(None, "neighbours farther than this are "
                                                      "masked, microns (null = any)",
                                                exclusive_minimum=0)
-    mean: list[float] = setting([0.485, 0.456, 0.406], "patch normalisation mean (ImageNet; "
-                                "set a foundation model's own when starting from one)")
-    std: list[float] = setting([0.229, 0.224, 0.225], "patch normalisation std",
-                               exclusive_minimum=0)
+    mean: list[float] | None = setting(None, "patch normalisation mean, R G B (null = the "
+                                             "image encoder's own: a named foundation "
+                                             "model's, else ImageNet's)")
+    std: list[float] | None = setting(None, "patch normalisation std (null = as for mean)",
+                                      exclusive_minimum=0)
     augment: AugmentSettings = setting(AugmentSettings(), "training-time augmentation")
 
     def check(self, fail) -> None:
-        if len(self.mean) != 3 or len(self.std) != 3:
+        if any(value is not None and len(value) != 3 for value in (self.mean, self.std)):
             fail("mean", "mean and std need 3 values each (R, G, B)")
 
 
@@ -178,5 +179,16 @@ class PretrainSettings(Settings):
 
 def resolve_pretrain_config(section: dict | None, source=None) -> dict:
     """The ``pretrain`` section merged over the defaults and checked, as the plain nested
-    dict a checkpoint stores. Raises :class:`~pastflow.errors.InputError` naming the key."""
-    return PretrainSettings.from_config(section, "pretrain", source).to_dict()
+    dict a checkpoint stores. Raises :class:`~pastflow.errors.InputError` naming the key.
+
+    ``data.mean`` / ``data.std`` left null become the image encoder's own normalisation
+    (:func:`pastflow.models.foundation.encoder_normalisation`), so the checkpoint records it."""
+    resolved = PretrainSettings.from_config(section, "pretrain", source).to_dict()
+    data = resolved["data"]
+    if data["mean"] is None or data["std"] is None:
+        from pastflow.models.foundation import encoder_normalisation  # torch: imported late
+
+        mean, std = encoder_normalisation(resolved["model"]["image"]["name"])
+        data["mean"] = list(mean) if data["mean"] is None else data["mean"]
+        data["std"] = list(std) if data["std"] is None else data["std"]
+    return resolved

@@ -26,6 +26,7 @@ import pandas as pd
 
 from pastflow.atomic import atomic_outputs
 from pastflow.errors import InputError
+from pastflow.predict.evaluate import GENE_SELECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ CONTRACTS = {
 #: Expression metrics of ``metrics.tsv`` (column -> summary name, description); the first
 #: is required, the others are summarised when present.
 EXPRESSION_METRICS = {
-    "mean_pearson_50": ("pearson_50", "mean Pearson r over the sample's 50 most variable genes"),
+    "mean_pearson_50": ("pearson_50", "mean Pearson r over the 50 genes most variable over the "
+                                      "training cells (chosen without the test sample)"),
     "mean_pearson_markers": ("pearson_markers", "mean Pearson r over the marker genes scored"),
 }
 #: The method shown first (the others are baselines).
@@ -91,11 +93,15 @@ def _ordered_methods(methods) -> list[str]:
 def summarise_expression(table: pd.DataFrame, technology_of: dict[str, str],
                          source: str | Path = "metrics.tsv") -> dict:
     """Per test sample and method, and per technology, every metric of
-    :data:`EXPRESSION_METRICS` in ``table`` (``metrics.tsv``).
+    :data:`EXPRESSION_METRICS` in ``table`` (``metrics.tsv``), over the headline gene
+    selection (rows whose ``genes`` is ``train_top``; tables written before the column have
+    one selection).
 
     ``technology_of`` maps every sample of the sheet to its technology; a test sample
     missing from it is an error naming ``source``.
     """
+    if "genes" in table.columns:
+        table = table[table["genes"] == GENE_SELECTIONS[0]]
     unknown = sorted(set(table["sample"].astype(str)) - set(technology_of))
     if unknown:
         raise InputError(source, f"sample(s) not in the sample sheet: {', '.join(unknown)}")

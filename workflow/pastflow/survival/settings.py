@@ -11,10 +11,9 @@ from pastflow.settings import Settings, setting
 class SurvivalSettings(Settings):
     """Cross-validated Cox models and attention-MIL (sized for ~50 patients).
 
-    ``pca_components`` and ``clusters`` were measured on the default simulated cohort (46
-    patients, 20 events; image / combined c-index): PCs 2, 4, 8 x clusters 4, 6, 8 gave
-    0.68-0.72 / 0.75-0.77 -- differences within the noise of 46 patients, so they are
-    sensible rather than tuned values.
+    ``pca_components`` and ``clusters`` are fixed values sized for tens of patients, not
+    tuned on a score (a choice by the cross-validated c-index would be a choice on the
+    patients it is reported on).
 
     ``penalizers``: lifelines adds penalizer * ||beta||^2 / 2 to the mean negative log partial
     likelihood of standardised features; 0.1-3 spans "mildly shrunk" to "coefficients near
