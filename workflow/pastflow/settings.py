@@ -244,7 +244,8 @@ def json_schema(cls: type[Settings], description: str | None = None) -> dict:
             if meta.get(name) is not None:
                 _numeric_target(prop)[schema_key] = meta[name]
         if meta.get("choices") is not None:
-            _leaf_target(prop)["enum"] = list(meta["choices"])
+            nullable = "null" in (prop.get("type") or [])  # `X | None`: null is a choice too
+            _leaf_target(prop)["enum"] = list(meta["choices"]) + ([None] if nullable else [])
         prop["description"] = meta.get("help", "")
         prop["default"] = _plain(_field_default(f))
         properties[f.name] = prop

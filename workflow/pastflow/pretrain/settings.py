@@ -172,6 +172,12 @@ class PretrainSettings(Settings):
     """PAST contrastive image <-> expression and STAMP pathway alignment."""
 
     seed: int = setting(0, "seed of weights, sampling and augmentation", minimum=0)
+    recipe: str | None = setting(None, "a paper's recipe merged under the keys set here: past "
+                                       "(rank-token cell encoder, soft-target contrastive "
+                                       "loss, neighbour context) or stamp (pathway alignment, "
+                                       "LoRA on a foundation model); docs in "
+                                       "pastflow/pretrain/recipes.py",
+                                 choices=("past", "stamp"))
     data: PretrainDataSettings = setting(PretrainDataSettings(), "targets and inputs")
     model: ModelSettings = setting(ModelSettings(), "encoders, heads and losses")
     train: TrainSettings = setting(TrainSettings(), "optimiser, schedule and checkpoints")
@@ -179,11 +185,15 @@ class PretrainSettings(Settings):
 
 def resolve_pretrain_config(section: dict | None, source=None) -> dict:
     """The ``pretrain`` section merged over the defaults and checked, as the plain nested
-    dict a checkpoint stores. Raises :class:`~pastflow.errors.InputError` naming the key.
+    dict a checkpoint stores, ``recipe`` (:mod:`pastflow.pretrain.recipes`) merged under the
+    section's own keys. Raises :class:`~pastflow.errors.InputError` naming the key.
 
     ``data.mean`` / ``data.std`` left null become the image encoder's own normalisation
     (:func:`pastflow.models.foundation.encoder_normalisation`), so the checkpoint records it."""
-    resolved = PretrainSettings.from_config(section, "pretrain", source).to_dict()
+    from pastflow.pretrain.recipes import apply_recipe
+
+    resolved = PretrainSettings.from_config(apply_recipe(section, source), "pretrain",
+                                            source).to_dict()
     data = resolved["data"]
     if data["mean"] is None or data["std"] is None:
         from pastflow.models.foundation import encoder_normalisation  # torch: imported late
