@@ -187,3 +187,18 @@ def test_rng_state_round_trip():
     rng_from_state(json.loads(json.dumps(meta)), tensors)
     second = (random.random(), np.random.rand(), torch.rand(2))
     assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():
+    """pastflow gained `pretrain.recipe` (default null) after this checkpoint was written: it
+    ran without a recipe, so the run with the default continues it; another value does not."""
+    from pastflow.errors import InputError
+    from pastflow.models.checkpoint import check_resumable
+    from pastflow.pretrain.settings import resolve_pretrain_config
+
+    run = resolve_pretrain_config({"train": {"steps": 10}})
+    old = {k: v for k, v in run.items() if k != "recipe"}
+    check_resumable(old, run, "ckpt/config.json")  # no error
+    other = resolve_pretrain_config({"train": {"steps": 10}, "recipe": "past"})
+    with pytest.raises(InputError, match="ckpt/config.json: the checkpoint differs .*'model"):
+        check_resumable(old, other, "ckpt/config.json")

@@ -31,7 +31,7 @@ def metrics_table(path, r_by_sample: dict[str, float], selections: bool = True):
     head 0.1 higher, which the summary must not show."""
     samples = list(r_by_sample)
     rows = [{"sample": s, "method": m, "mean_pearson_50": r, "n_genes": 50, "n_cells": 100,
-             "genes": "train_top"}
+             "genes": "train_top", "ci_low": r - 0.05 * (r > 0), "ci_high": r + 0.05 * (r > 0)}
             for s in samples for m, r in (("pastflow_head", r_by_sample[s]),
                                           ("mean_baseline", 0.0))]
     if selections:
@@ -185,7 +185,8 @@ def test_front_page_shows_a_compact_per_sample_table(tmp_path, repo_root):
     text, html = render_front_page(repo_root, json.loads(json.dumps(summary)))
     assert "Key numbers" in html and "system-message" not in html, text
     assert "<table" in html and "pastflow_head" in html and "mean_baseline" in html
-    assert "s11" in html and "0.610" in html  # the visium sample sorts first
+    assert "s11" in html and "0.610 (0.560-0.660)" in html  # the visium sample sorts first
+    assert "<td>0.000 (" not in html  # no interval for the constant baseline
     assert "s07" not in html and "4 more in summary.tsv" in html  # 8 of 12 shown
     assert "median 0.550 (0.500-0.600)" in html  # xenium: 11 test samples
     assert "combined 0.710 (0.650-0.770)" in html

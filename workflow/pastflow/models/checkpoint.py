@@ -144,11 +144,24 @@ def _without(config: dict, keys) -> dict:
     return config
 
 
+def _with_later_defaults(checkpoint_config: dict) -> dict:
+    """A checkpoint's config with the settings added since it was written at their defaults:
+    it ran without them, that is with the behaviour their defaults keep. A config that no
+    longer resolves (a setting since removed) is compared as it is, and differs."""
+    from pastflow.pretrain.settings import resolve_pretrain_config
+
+    try:
+        return resolve_pretrain_config(checkpoint_config)
+    except InputError:
+        return checkpoint_config
+
+
 def check_resumable(checkpoint_config: dict, run_config: dict, source: str | Path) -> None:
     """Raise :class:`InputError` (naming ``source`` and the first differing key) when the run's
     config would not continue the checkpoint's run."""
     ignored = OPERATIONAL_KEYS + DERIVED_KEYS
-    found = first_difference(_without(checkpoint_config, ignored), _without(run_config, ignored))
+    found = first_difference(_without(_with_later_defaults(checkpoint_config), ignored),
+                             _without(run_config, ignored))
     if found:
         key, theirs, ours = found
         raise InputError(source, f"the checkpoint differs from this run's config at {key!r}: "

@@ -122,6 +122,9 @@ def summarise_expression(table: pd.DataFrame, technology_of: dict[str, str],
             entry["n_genes"] = int(part["n_genes"].max())
         for name, (column, _) in metrics.items():
             entry[name] = {m: _r(part.loc[m, column]) for m in methods if m in part.index}
+        if {"ci_low", "ci_high"} <= set(part.columns):  # 95% bootstrap interval of pearson_50
+            entry["pearson_50_ci"] = {m: [_r(part.loc[m, "ci_low"]), _r(part.loc[m, "ci_high"])]
+                                      for m in methods if m in part.index}
         by_sample.append(entry)
 
     by_technology = []
