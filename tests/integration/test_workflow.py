@@ -178,12 +178,17 @@ def test_front_page_has_the_key_numbers(small_run):
     with h5py.File(small_run / "results" / "patches" / "xa.h5") as store:
         assert summary["cells"] > int(store["cells/in_slide"][:].sum())
     assert set(summary["expression"]["methods"]) == {
-        "pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder"}
+        "pastflow_head", "pastflow_ridge", "mean_baseline", "random_encoder", "morphology_ridge"}
     # Per test sample, never a mean across technologies: hd (visium_hd) and c1 (xenium).
     by_sample = {row["sample"]: row["technology"] for row in summary["expression"]["by_sample"]}
     assert by_sample["hd"] == "visium_hd" and by_sample["c1"] == "xenium"
+    # Each slide's head score with its 95% interval over its cells, as the front page shows it.
+    hd = next(row for row in summary["expression"]["by_sample"] if row["sample"] == "hd")
+    low, high = hd["pearson_50_ci"]["pastflow_head"]
+    assert low < hd["pearson_50"]["pastflow_head"] < high
     html = (small_run / "results" / "report.html").read_text(errors="replace")
     assert "Key numbers" in html and f"{summary['cells']:,}" in html
+    assert f"{hd['pearson_50']['pastflow_head']:.3f} ({low:.3f}-{high:.3f})" in html
 
 
 def chromium() -> str:
