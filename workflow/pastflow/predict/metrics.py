@@ -101,14 +101,6 @@ def bootstrap_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
     return out
 
 
-def bootstrap_mean_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
-                           n_boot: int, seed: int, chunk: int = 50) -> dict[str, np.ndarray]:
-    """Mean Pearson r over the columns on each resample of :func:`bootstrap_pearson` (same
-    arguments): method -> ``float64 (n_boot,)``."""
-    return {method: draws.mean(axis=1) for method, draws in
-            bootstrap_pearson(measured, predictions, n_boot, seed, chunk).items()}
-
-
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """The central ``level`` percentile interval of bootstrap ``values``."""
     tail = (1 - level) / 2 * 100
