@@ -118,6 +118,9 @@ def test_model_stages_embed_predict_and_evaluate_every_sample(small_run):
                   "morphology_ridge")
         for g in ("train_top", "hest_test_top")]
     assert np.isfinite(metrics["mean_pearson_50"]).all() and (metrics["n_genes"] == 50).all()
+    assert np.isfinite(metrics["mean_offset"]).all()
+    # Predictions on the training tables' scale (log1p of counts per qc.target_sum).
+    assert prediction.uns["pastflow_predict"]["qc_target_sum"] == 1e4
     lopo = pd.read_csv(results / "predict" / "lopo.tsv", sep="\t")
     assert sorted(set(lopo["patient"])) == ["P1", "P2"]  # the two training patients
     for figure in ("per_gene.png", "per_gene_intervals.png", "maps.png"):
@@ -130,17 +133,31 @@ def test_stain_stage_scores_every_sample_and_checks_the_test_one(small_run):
     results = small_run / "results"
     cutoffs = pd.read_csv(results / "stain" / "cutoffs.tsv", sep="\t")
     assert (cutoffs["cut_1"] < cutoffs["cut_2"]).all() and (cutoffs["cut_2"] < cutoffs["cut_3"]).all()
+    # One row per marker for measured scores, and one for predicted scores of each marker the
+    # model predicts a gene of (fitted on the training slides' predictions).
+    bases = cutoffs.groupby("marker")["applies_to"].apply(sorted)
+    assert all(basis in (["measured"], ["measured", "predicted"]) for basis in bases), bases
+    assert all(bases[m] == ["measured", "predicted"] for m in ("Ki67", "CD3", "pan-cytokeratin"))
+    fitted = cutoffs[(cutoffs["applies_to"] == "predicted") & (cutoffs["source"] != "panel")]
+    assert len(fitted) and fitted["source"].str.startswith("fitted on the predictions").all()
     for sample, *_ in SAMPLES:
         hscores = pd.read_csv(results / "stain" / sample / "hscores.tsv", sep="\t")
         slide = hscores[(hscores["region"] == "slide") & (hscores["cells"] == "all")]
         assert set(slide["source"]) == {"predicted"} and slide["hscore"].between(0, 300).all()
         assert {"Ki67", "CD3", "pan-cytokeratin"} <= set(slide["marker"])
+        assert hscores["calibration"].notna().all()  # the cut-offs beside the H-scores
         with openslide.OpenSlide(str(results / "stain" / sample / "virtual_Ki67.tif")) as wsi:
             assert wsi.level_count > 1
             assert float(wsi.properties["openslide.mpp-x"]) == pytest.approx(0.5, rel=0.01)
     agreement = pd.read_csv(results / "stain" / "hscore_agreement.tsv", sep="\t")
     assert list(agreement.columns[:4]) == ["marker", "level", "pearson_r", "n"]
     assert set(agreement["level"]) <= {"slide", "region"} and (agreement["n"] >= 1).all()
+    # Kappa and intervals beside r; a value is missing only with its reason.
+    assert {"kappa", "kappa_ci_low", "pearson_ci_low", "reason"} <= set(agreement.columns)
+    missing = agreement["pearson_r"].isna() | agreement["kappa"].isna()
+    assert agreement.loc[missing, "reason"].notna().all()
+    region = agreement[agreement["level"] == "region"]
+    assert region["kappa"].notna().any() and region["pearson_ci_low"].notna().any()
 
 
 def test_survival_stage_cross_validates_every_modality(small_run):
@@ -153,6 +170,12 @@ def test_survival_stage_cross_validates_every_modality(small_run):
     assert (cindex["ci_low"] <= cindex["cindex"]).all() and (cindex["cindex"] <= cindex["ci_high"]).all()
     risk = pd.read_csv(results / "risk.tsv", sep="\t")
     assert risk["patient"].nunique() == len({p for _, p, _, _ in SAMPLES})
+    # The clinical baseline (the simulated age and stage): every model against it, paired.
+    models = pd.read_csv(results / "models.tsv", sep="\t").set_index("model")
+    assert models["cindex_minus_clinical"].drop("clinical").notna().all()
+    coefficients = pd.read_csv(results / "coefficients.tsv", sep="\t", index_col=0)
+    assert coefficients["clinical baseline exp(coef)"].dropna().index.tolist() == [
+        "clinical_age", "clinical_stage"]
     for figure in ("km.png", "forest.png", "cindex.png"):
         assert (results / figure).stat().st_size > 10_000
 

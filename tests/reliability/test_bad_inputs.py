@@ -10,6 +10,7 @@ Xenium bundle, HER2ST-layout legacy ST files) or cut from a real file of ../shar
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -526,3 +527,243 @@ def test_weights_holding_pickled_code_are_refused_without_running_it(tmp_path):
     # The payload is live: a plain torch.load would have run it.
     torch.load(weights, weights_only=False)
     assert marker.exists()
+
+
+# --------------------------------------------------------------------------- start-up checks (issue 16)
+
+
+def snakemake_startup(folder: Path, config: dict, rows: list[str]) -> subprocess.CompletedProcess:
+    """A dry run of the workflow in ``folder`` on a simulated sheet (no inputs needed)."""
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), **config}
+    config["simulate"] = {**config["simulate"], "enabled": True}
+    (folder / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "config" / "samples.tsv").write_text(
+        "sample\tpatient\ttechnology\tdata\timage\talignment\tsplit\n" + "".join(rows))
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-n", "--snakefile",
+         str(REPO / "workflow" / "Snakefile"), "--directory", str(folder), "--cores", "1",
+         "--configfile", str(folder / "config" / "config.yaml")],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"))
+
+
+def simulated_row(sample: str, technology: str, split: str) -> str:
+    base = f"results/simulated/{sample}"
+    if technology == "he_only":
+        return f"{sample}\tP{sample}\the_only\t\t{base}/he.tif\t\t{split}\n"
+    return (f"{sample}\tP{sample}\txenium\t{base}/xenium\t{base}/xenium/he.ome.tif\t"
+            f"{base}/xenium/he_imagealignment.csv\t{split}\n")
+
+
+def test_a_misspelt_panel_gene_stops_snakemake_before_any_job(tmp_path):
+    """A panel gene the data does not measure would draw a blank stain that reads as a true
+    negative; the simulated run is checked against the simulator's panel, before its files
+    exist."""
+    panel = tmp_path / "panel.yaml"
+    panel.write_text("markers:\n  Ki67: {genes: [MKI76], compartment: nuclear}\n")
+    run = snakemake_startup(tmp_path, {"stain": {"panel": str(panel), "images": ["Ki67"]}},
+                            [simulated_row("s1", "xenium", "train")])
+    assert run.returncode != 0
+    assert (f"pastflow: invalid input: {panel}: marker 'Ki67': gene(s) 'MKI76' measured in none "
+            "of the 1 sample(s) whose gene lists were read ('s1'); fix the symbol, or mark the "
+            "marker `optional: true` if the data may lack it") in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "results" / "simulated").exists()
+
+
+def test_a_sheet_without_training_samples_says_so_on_the_console_and_the_front_page(tmp_path):
+    run = snakemake_startup(tmp_path, {}, [simulated_row("s1", "xenium", "test"),
+                                           simulated_row("s2", "he_only", "train")])
+    assert run.returncode == 0, run.stderr
+    note = ("no training samples (split train, with expression): model stages skipped "
+            "(pretrain, embed, predict, evaluate, stain, survival)")
+    assert f"pastflow: {note}" in run.stderr
+    # The summary job reads it for results/summary.json's `notes` (the report's front page).
+    notes = tmp_path / "results" / "settings" / "notes.json"
+    assert json.loads(notes.read_text()) == [note]
+
+
+def test_a_patch_store_larger_than_the_free_disk_is_refused_with_the_true_reason(tmp_path, slide):
+    """Not a bare "No space left on device" midway: the size is estimated before writing."""
+    from pastflow.patches.store import build_patch_store
+
+    out = tmp_path / "out" / "s.h5"
+    with pytest.raises(InputError) as err:
+        # 0.5 -> 0.00001 um/px: the slide's image 50,000 times larger a side, hundreds of TB.
+        build_patch_store(slide, ["c1"], np.array([[10.0, 10.0]]), out, target_mpp=1e-5,
+                          patch_px=8, progress=False)
+    assert err.value.path == str(out)
+    assert "the patch store needs" in str(err.value) and "GB free" in str(err.value)
+    assert "check patches.mpp, patches.patch_um and patches.context_um" in str(err.value)
+    assert_nothing_written(tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- geometry and resource bombs
+
+
+def test_alignment_scaled_x1000_is_refused_naming_the_matrix_as_the_likely_culprit(tmp_path, capsys,
+                                                                                 xenium):
+    """Today's failure: every cell inside one pixel of the corner, ingest exits 0."""
+    matrix = np.loadtxt(xenium["alignment"], delimiter=",")
+    matrix[:2] *= 1000
+    csv = tmp_path / "he_imagealignment.csv"
+    np.savetxt(csv, matrix, delimiter=",")
+    out = tmp_path / "out"
+    line = refused(ingest_argv(out / "s.zarr", "xenium", data=xenium["data"], image=xenium["image"],
+                               alignment=csv), capsys, csv, "the alignment matrix gives", out)
+    assert "gives 250 um per H&E pixel but the image records 0.25 um/px (1,000.0x apart)" in line, line
+    assert "the alignment matrix is likely in the wrong unit (e.g. scaled x1000" in line, line
+
+
+def test_cells_collapsed_into_a_corner_are_refused():
+    from pastflow.ingest.common import check_in_image
+
+    rng = np.random.default_rng(0)
+    corner = rng.uniform(0, 3, (200, 2))  # 200 cells within 3 px of a 4000 x 3000 px H&E
+    with pytest.raises(InputError) as err:
+        check_in_image(corner, (4000, 3000), "align.csv")
+    assert str(err.value).startswith("align.csv: all 200 cells fall within ")
+    assert "less than 0.5% of its width and height: the transform is in the wrong unit" in str(err.value)
+    spread = rng.uniform(0, 3000, (200, 2))
+    assert check_in_image(spread, (4000, 3000), "align.csv") == 0
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-0.5"])
+def test_invalid_resolution_in_the_file_metadata(tmp_path, capsys, slide, value):
+    rgb = tifffile.imread(slide)
+    image = tmp_path / "he.ome.tif"
+    tifffile.imwrite(image, rgb, photometric="rgb", tile=(64, 64), ome=True,
+                     metadata={"axes": "YXS", "PhysicalSizeX": value, "PhysicalSizeY": value})
+    out = tmp_path / "out"
+    refused(ingest_argv(out / "s.zarr", "he_only", image=image), capsys, image,
+            "the file records an invalid resolution (OME PhysicalSizeX", out)
+
+
+def zero_png(path: Path, width: int, height: int, rows: int | None = None) -> Path:
+    """A valid greyscale PNG of zeros, built without compressing every byte: one block of
+    scanlines deflated once, ended by a full flush (no back-references), repeated. ``rows``:
+    write only that many rows of data (a header that declares more than the file holds)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    block_rows = 1000
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = raw.compress(bytes((width + 1) * block_rows)) + raw.flush(zlib.Z_FULL_FLUSH)
+    n_rows = height if rows is None else rows
+    body = block * (n_rows // block_rows) + b"\x03\x00"  # + an empty final block
+    adler = ((n_rows * (width + 1)) % 65521) << 16 | 1  # adler32 of that many zero bytes
+    idat = b"\x78\xda" + body + struct.pack(">I", adler)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_png_bomb_is_refused_before_decoding(tmp_path, capsys):
+    """40,000 x 40,000 px in ~1.5 MB: decoded whole it is 4.8 GB of RGB."""
+    import resource
+    import time
+
+    image = zero_png(tmp_path / "he.png", 40_000, 40_000)
+    assert image.stat().st_size < 2_000_000
+    out = tmp_path / "out"
+    start, rss = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused(ingest_argv(out / "s.zarr", "he_only", image=image, mpp=0.5), capsys, image,
+            "declares 40000 x 40000 px (1,600,000,000 px), over the limit for JPEG/PNG slides, "
+            "config key ingest.max_jpeg_png_px = 1,000,000,000", out)
+    assert time.perf_counter() - start < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 500_000  # kB: nothing decoded
+
+
+def test_png_declaring_far_more_pixels_than_its_bytes_hold(tmp_path, capsys):
+    """Under the pixel limit, but 2.7 GB declared in a few kB: refused on the ratio."""
+    image = zero_png(tmp_path / "he.png", 30_000, 30_000, rows=1000)
+    out = tmp_path / "out"
+    refused(ingest_argv(out / "s.zarr", "he_only", image=image, mpp=0.5), capsys, image,
+            "declares 30000 x 30000 px (2.7 GB decoded) in", out)
+    with pytest.raises(InputError, match="a decompression bomb or a corrupt header"):
+        from pastflow.slide import open_slide
+
+        open_slide(image)  # every stage's reader, not only ingest
+
+
+def test_the_jpeg_png_pixel_limit_is_a_setting(tmp_path, capsys):
+    paths = write_legacy_st(tmp_path / "st")
+    settings = tmp_path / "ingest.yaml"
+    settings.write_text("ingest: {max_jpeg_png_px: 10000}\n")
+    out = tmp_path / "out"
+    argv = ingest_argv(out / "s.zarr", "legacy_st", **paths) + ["--settings", str(settings)]
+    refused(argv, capsys, paths["image"], "declares 260 x 260 px (67,600 px), over the limit for "
+            "JPEG/PNG slides, config key ingest.max_jpeg_png_px = 10,000", out)
+
+
+def tiled_tiff(path: Path, width: int, height: int, tile: int, *, counts: str,
+               mpp: float = 0.5) -> Path:
+    """An uncompressed tiled RGB TIFF written field by field, with a tile table the writers
+    refuse to make: ``counts`` "zero" (every TileByteCounts 0), "no-offset" (every
+    TileOffsets 0) or "shared" (every tile pointing at one real tile's bytes)."""
+    import struct
+
+    n = -(-width // tile) * -(-height // tile)
+    data = bytes(range(256)) * (tile * tile * 3 // 256)
+    header = 8
+    data_at = header
+    offsets_at = data_at + len(data)
+    counts_at = offsets_at + 4 * n
+    bps_at = counts_at + 4 * n
+    res_at = bps_at + 6
+    ifd_at = res_at + 16
+    offsets = {"zero": [data_at] * n, "no-offset": [0] * n, "shared": [data_at] * n}[counts]
+    nbytes = {"zero": [0] * n, "no-offset": [len(data)] * n, "shared": [len(data)] * n}[counts]
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, bps_at), (259, 3, 1, 1),
+            (262, 3, 1, 2), (277, 3, 1, 3), (282, 5, 1, res_at), (283, 5, 1, res_at + 8),
+            (284, 3, 1, 1), (296, 3, 1, 3), (322, 3, 1, tile), (323, 3, 1, tile),
+            (324, 4, n, offsets_at), (325, 4, n, counts_at)]
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, count, value in tags:
+        ifd += struct.pack("<HHI", tag, kind, count) + struct.pack(
+            "<HH" if kind == 3 and count == 1 else "<I", *((value, 0) if kind == 3 and count == 1
+                                                          else (value,)))
+    ifd += struct.pack("<I", 0)
+    per_cm = round(1e4 / mpp)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", ifd_at) + data
+                     + struct.pack(f"<{n}I", *offsets) + struct.pack(f"<{n}I", *nbytes)
+                     + struct.pack("<3H", 8, 8, 8) + struct.pack("<4I", per_cm, 1, per_cm, 1) + ifd)
+    return path
+
+
+@pytest.mark.parametrize("counts, problem", [
+    ("zero", "no image data: all 9604 tiles of level 0 (100000 x 100000 px) are empty or absent"),
+    ("no-offset", "no image data: all 9604 tiles of level 0 (100000 x 100000 px) are empty or absent"),
+    ("shared", "declares 100000 x 100000 px (30.0 GB decoded) in 3,145,728 bytes of image data"),
+])
+def test_tiff_declaring_100000_px_a_side_without_the_data_is_refused_up_front(tmp_path, capsys,
+                                                                             counts, problem):
+    """Today: tens of minutes of blank tiles for a file of a few hundred kB."""
+    import time
+
+    image = tiled_tiff(tmp_path / "he.tif", 100_000, 100_000, 1024, counts=counts)
+    with tifffile.TiffFile(image) as tif:  # a real TIFF, as tifffile reads it
+        assert tif.pages[0].shape == (100_000, 100_000, 3)
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    refused(ingest_argv(out / "s.zarr", "he_only", image=image), capsys, image, problem, out)
+    assert time.perf_counter() - start < 10
+
+
+def test_nucleus_detection_over_a_larger_area_than_its_budget_stops_before_any_tile(
+        tmp_path, capsys, slide):
+    """The budget (ingest.max_detection_mm2) is checked from the slide's size and mpp: here a
+    0.043 mm^2 slide against a budget set low, as a 100,000 px square at 0.5 um/px (2,500 mm^2)
+    meets the default 2,000."""
+    settings = tmp_path / "ingest.yaml"
+    settings.write_text("ingest: {max_detection_mm2: 0.01}\n")
+    out = tmp_path / "out"
+    argv = ingest_argv(out / "s.zarr", "he_only", image=slide) + ["--settings", str(settings)]
+    refused(argv, capsys, slide, "nucleus detection over 0 mm^2 (448 x 384 px at 0.5 um/px) "
+            "exceeds config key ingest.max_detection_mm2 = 0.01 mm^2", out)

@@ -178,6 +178,11 @@ def test_evaluate_sample_known_answers():
     assert summary.loc[("mean_baseline", "train_top"), "mean_pearson_50"] == 0
     assert (summary["n_genes"] == 2).all() and len(summary) == 2 * len(METHODS)
     assert predictions["mean_baseline"].shape == (200, 5)
+    # Predicted minus measured mean level: 0 where the head is the truth; 1 - mean elsewhere.
+    assert summary.loc[("pastflow_head", "train_top"), "mean_offset"] == pytest.approx(0)
+    measured_mean = test.columns(["g0", "g1"]).mean(axis=0)
+    assert summary.loc[("pastflow_head", "hest_test_top"), "mean_offset"] == pytest.approx(
+        float(np.mean(1.0 - measured_mean)))
 
 
 def test_bootstrap_intervals_per_selection_per_gene_and_paired():
@@ -275,6 +280,73 @@ def test_head_predictions_mse_and_nb():
     assert cohort_library(x, ["A", "B", "Z"], ["A", "B", "C"]) == pytest.approx(3.0)
 
 
+def test_a_head_fitted_on_a_deep_slide_predicts_a_shallow_one_at_its_measured_level(tmp_path):
+    """Issue 17: the same tissue sequenced a tenth as deeply. With QC's fixed target the
+    measured levels stay put, so a head fitted on the deep slide predicts the shallow one at
+    the level measured there (median-depth scaling: ~2.3 log1p units above it)."""
+    import h5py
+
+    from pastflow.models.checkpoint import save_checkpoint
+    from pastflow.models.model import PastModel
+    from pastflow.models.provenance import training_data
+    from pastflow.predict.sample import predict_sample
+    from pastflow.pretrain.settings import resolve_pretrain_config
+    from pastflow.qc.filter import run_qc
+    from pastflow.qc.settings import QCSettings
+    from test_qc import spots, subsample
+
+    full = spots(n_spots=300, n_genes=40)
+    settings = QCSettings(min_counts=10, min_genes=5, min_cells=3, n_top_genes=20)
+    deep, shallow = run_qc(full, settings), run_qc(subsample(full, 0.1), settings)
+    for table in (deep, shallow):
+        table.obs["cell_id"] = table.obs_names
+    deep.write_h5ad(tmp_path / "deep.h5ad")
+    shallow.write_h5ad(tmp_path / "shallow.h5ad")
+    with h5py.File(tmp_path / "deep.h5", "w") as f:  # a patch store's attributes
+        f.attrs.update(unit="spot", unit_diameter_um=55.0, patch_um=80.0)
+    # The image sees the tissue, not the sequencing depth: one embedding for both slides.
+    h = np.asarray(deep.X[:, :8].toarray(), np.float32)
+    h = (h - h.mean(axis=0)) / h.std(axis=0)
+    config = resolve_pretrain_config({"model": {
+        "embed_dim": 8, "image": {"name": "timm", "kwargs": {"arch": "resnet10t"}},
+        "reconstruction": {"likelihood": "mse", "hidden": 16},
+        "losses": {"pathway_regression": 0, "pathway_clip": 0}}})
+    config["model"].update(genes=list(deep.var_names), pathways=[], image_px=16)
+    torch.manual_seed(0)
+    model = PastModel(config["model"])
+    target = torch.from_numpy(deep.X.toarray())
+    optimiser = torch.optim.Adam(model.reconstruction_head.parameters(), lr=0.03)
+    for _ in range(300):
+        optimiser.zero_grad()
+        loss = torch.mean((model.reconstruction_head(torch.from_numpy(h)) - target) ** 2)
+        loss.backward()
+        optimiser.step()
+    data = training_data([tmp_path / "deep.h5"], [tmp_path / "deep.h5ad"])
+    assert data[0]["qc_target_sum"] == 1e4  # the checkpoint records the scale
+    save_checkpoint(tmp_path / "model", model, config, step=1, training_data=data)
+    embedding = ad.AnnData(obs=pd.DataFrame({"cell_id": shallow.obs_names, "sample": "shallow"},
+                                            index=shallow.obs_names),
+                           obsm={"X_image": h, "X_image_random": h})
+    embedding.write_h5ad(tmp_path / "embedding.h5ad")
+
+    predicted = predict_sample(tmp_path / "model", tmp_path / "embedding.h5ad",
+                               tmp_path / "p.h5ad", PredictSettings(),
+                               table_path=tmp_path / "shallow.h5ad", split="test")
+    offset = (np.asarray(predicted.X).mean(axis=0)
+              - np.asarray(shallow.X.mean(axis=0)).ravel())
+    assert abs(offset.mean()) < 0.15 and np.abs(offset).max() < 0.5
+    assert predicted.uns["pastflow_predict"]["qc_target_sum"] == 1e4
+
+    # A QC table on another scale than the training tables' is refused, naming it.
+    run_qc(subsample(full, 0.1), QCSettings(min_counts=10, min_genes=5, min_cells=3,
+                                            n_top_genes=20, target_sum=1e6)
+           ).write_h5ad(tmp_path / "other.h5ad")
+    with pytest.raises(InputError, match="other.h5ad: normalised to 1e[+]06 counts"):
+        predict_sample(tmp_path / "model", tmp_path / "embedding.h5ad", tmp_path / "q.h5ad",
+                       PredictSettings(), table_path=tmp_path / "other.h5ad")
+    assert not (tmp_path / "q.h5ad").exists()
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -344,7 +416,8 @@ def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, 
     metrics = pd.read_csv(tmp_path / "metrics.tsv", sep="\t")
     assert metrics.columns.tolist() == ["sample", "method", "mean_pearson_50", "n_genes",
                                         "mean_pearson_markers", "n_cells", "n_train_cells",
-                                        "ci_low", "ci_high", "genes"]
+                                        "ci_low", "ci_high", "genes", "mean_offset"]
+    assert np.isfinite(metrics["mean_offset"]).all()
     assert metrics[["sample", "method", "genes"]].values.tolist() == [
         ["s2", m, g] for m in METHODS for g in ("train_top", "hest_test_top")]
     scored = metrics[metrics["method"] != "mean_baseline"]
@@ -365,7 +438,7 @@ def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, 
     per_gene = pd.read_csv(tmp_path / "per_gene.tsv", sep="\t")
     assert per_gene.columns.tolist() == ["sample", "method", "gene", "pearson_r",
                                          "variance_rank", "top", "marker", "train_rank",
-                                         "train_top", "ci_low", "ci_high"]
+                                         "train_top", "ci_low", "ci_high", "level_offset"]
     # Each selection's mean r is the mean of its genes' r.
     for row in metrics.itertuples():
         flag = "train_top" if row.genes == "train_top" else "top"

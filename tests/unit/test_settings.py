@@ -73,6 +73,33 @@ def test_a_bad_value_is_refused_naming_its_key(section, problem):
         resolve_workflow_config(section, source="my.yaml")
 
 
+@pytest.mark.parametrize("section, problem", [
+    ({"patches": {"patch_um": 0.2}},
+     "config key 'patches.patch_um': 0.2 um is under one pixel at patches.mpp 0.5 um/px"),
+    ({"patches": {"patch_um": 1e6}}, "config key 'patches.patch_um': 1e+06 um is 2,000,000 px "
+                                     "at patches.mpp 0.5 um/px; at most 4096 px a side"),
+    ({"patches": {"spot_context_um": 5000}}, "config key 'patches.spot_context_um': 5000 um is "
+                                             "10,000 px"),
+    ({"patches": {"context_um": 16}}, "config key 'patches.context_um': a context patch (16 um) "
+                                      "must be larger than the patch (patch_um 32 um)"),
+    ({"patches": {"mpp": 1000}}, "config key 'patches.mpp': must be <= 100, got 1000"),
+    ({"ingest": {"mpp": 250}}, "config key 'ingest.mpp': must be <= 100, got 250"),
+    ({"pretrain": {"train": {"lr": 30}}}, "config key 'pretrain.train.lr': must be <= 1"),
+    ({"pretrain": {"data": {"patch_px": 100000}}},
+     "config key 'pretrain.data.patch_px': must be <= 4096, got 100000"),
+    ({"pretrain": {"model": {"temperature": {"init": 5}}}},
+     "config key 'pretrain.model.temperature.init': must lie between min and max "
+     "(0.01 <= init <= 1), got 5"),
+    ({"pretrain": {"data": {"augment": {"brightness": 3}}}},
+     "config key 'pretrain.data.augment.brightness': must be <= 1"),
+])
+def test_an_implausible_size_or_rate_is_refused_naming_its_key(section, problem):
+    """Values of the right type that cannot be meant: a patch under a pixel or of a thousand
+    slides, a learning rate of 30 (issue 16)."""
+    with pytest.raises(InputError, match=_escaped(problem)):
+        resolve_workflow_config(section, source="my.yaml")
+
+
 def _escaped(text: str) -> str:
     import re
 

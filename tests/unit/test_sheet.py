@@ -122,3 +122,82 @@ def test_config_errors_name_the_key(repo_root):
 def test_converted_xenium_zarr_needs_no_image(tmp_path):
     path = write_sheet(tmp_path, ["x1", "p1", "xenium", "x.zarr", "", "", "train"])
     assert load_sample_sheet(path, check_paths=False).loc["x1", "data"].endswith("x.zarr")
+
+
+# --------------------------------------------------------------------------- the sheet as a whole
+
+
+def test_a_patient_in_two_splits_is_refused_naming_both_lines_and_the_fix(tmp_path):
+    path = write_sheet(tmp_path, ["s1", "p1", "he_only", "", "a.tif", "", "train"],
+                       ["s2", "p2", "he_only", "", "b.tif", "", "test"],
+                       ["s3", "p1", "he_only", "", "c.tif", "", "test"])
+    with pytest.raises(InputError) as err:
+        load_sample_sheet(path, check_paths=False)
+    assert str(err.value) == (
+        f"{path}: line 4 (sample 's3'), column 'split': patient 'p1' is 'test' here but 'train' "
+        "on line 2; put every slide of a patient in one split (or, for a one-patient cohort "
+        "that holds out a section, set the config key split_by_patient: false)")
+    sheet = load_sample_sheet(path, check_paths=False, split_by_patient=False)
+    assert list(sheet["split"]) == ["train", "test", "test"]
+
+
+def test_her2st_holds_out_a_section_of_its_one_patient_by_config(repo_root):
+    """The real one-patient cohort: C6 is a held-out section of patient C, said in its config."""
+    config = yaml.safe_load((repo_root / "config" / "her2st.yaml").read_text())
+    assert config["split_by_patient"] is False
+    sheet_path = repo_root / config["samples"]
+    with pytest.raises(InputError, match="patient 'C' is 'test' here but 'train' on line 2"):
+        load_sample_sheet(sheet_path, check_paths=False)
+    settings = resolve_workflow_config(config)
+    sheet = load_sample_sheet(sheet_path, check_paths=False,
+                              split_by_patient=settings.split_by_patient)
+    assert list(sheet.index) == ["C2", "C3", "C4", "C5", "C6"]
+
+
+@pytest.mark.parametrize("column", ["image", "data"])
+def test_one_input_under_two_sample_ids_is_refused(tmp_path, column):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "he.tif").write_bytes(b"x")
+    (tmp_path / "d" / "counts.tsv.gz").write_bytes(b"x")
+    (tmp_path / "d" / "sel.tsv").write_bytes(b"x")
+    (tmp_path / "d" / "other.tif").write_bytes(b"x")
+    (tmp_path / "d" / "other.tsv.gz").write_bytes(b"x")
+    (tmp_path / "link.tif").symlink_to(tmp_path / "d" / "he.tif")
+    first = ["s1", "p1", "legacy_st", "d/counts.tsv.gz", "d/he.tif", "d/sel.tsv", "train"]
+    # The same file spelt another way: through ../ or a symlink, listed as a test sample.
+    second = (["s2", "p2", "legacy_st", "d/other.tsv.gz", "link.tif", "d/sel.tsv", "test"]
+              if column == "image" else
+              ["s2", "p2", "legacy_st", "d/../d/counts.tsv.gz", "d/other.tif", "d/sel.tsv", "test"])
+    path = write_sheet(tmp_path, first, second)
+    with pytest.raises(InputError) as err:
+        load_sample_sheet(path, data_root=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: line 3 (sample 's2'), column '{column}': ")
+    assert f"is already the {column} of sample 's1' on line 2; list each slide once" in message
+
+
+def test_hash_inside_a_path_is_data_and_comment_lines_keep_line_numbers(tmp_path):
+    """Only a line starting with '#' is a comment: 'run#2/he.tif' is a path, not 'run'."""
+    (tmp_path / "run#2").mkdir()
+    (tmp_path / "run#2" / "he.tif").write_bytes(b"x")
+    path = tmp_path / "samples.tsv"
+    path.write_text("# a cohort\n# written by hand\n" + HEADER
+                    + "s1\tp1\the_only\t\trun#2/he.tif\t\ttest\n\n"
+                    + "s2\tp2\the_only\t\tmissing #3.tif\t\ttest\n")
+    with pytest.raises(InputError) as err:
+        load_sample_sheet(path, data_root=tmp_path)
+    # two comments, the header, s1 and a blank line come first: s2 is line 6 of the file
+    assert str(err.value).startswith(f"{path}: line 6 (sample 's2'), column 'image': path does "
+                                     f"not exist: {tmp_path / 'missing #3.tif'}")
+    path.write_text("# a cohort\n" + HEADER + "s1\tp1\the_only\t\trun#2/he.tif\t\ttest\n")
+    sheet = load_sample_sheet(path, data_root=tmp_path)
+    assert sheet.loc["s1", "image"] == str(tmp_path / "run#2" / "he.tif")
+    assert sheet.loc["s1", "split"] == "test"
+
+
+def test_a_row_with_too_many_values_names_its_line(tmp_path):
+    path = write_sheet(tmp_path, ["s1", "p1", "he_only", "", "a.tif", "", "test"],
+                       ["s2", "p2", "he_only", "", "b.tif", "", "test", "extra"])
+    with pytest.raises(InputError, match=r"line 3: 8 tab-separated values but the header has 7 "
+                                         r"columns; remove the extra tabs"):
+        load_sample_sheet(path, check_paths=False)

@@ -289,3 +289,40 @@ def test_corrupt_tile_raises_input_error_naming_the_file(tmp_path, generic_pyram
     slide.read_region(0, 0, 0, 64, 64)  # tile 0 is intact
     with pytest.raises(InputError, match="corrupt.tif: cannot decode level 0 tile 5"):
         list(slide.iter_strips(0))
+
+
+def _zero_tile_counts(source, out, tiles) -> None:
+    """Copy ``source`` with TileByteCounts 0 for ``tiles`` of level 0 (never-scanned glass)."""
+    data = bytearray(source.read_bytes())
+    with tifffile.TiffFile(source) as tif:
+        tag = tif.pages[0].tags[325]
+        size = {3: 2, 4: 4, 16: 8}[int(tag.dtype)]
+        for i in tiles:
+            at = tag.valueoffset + i * size
+            data[at:at + size] = bytes(size)
+    out.write_bytes(bytes(data))
+
+
+def test_a_few_empty_tiles_read_white_but_a_level_without_data_is_refused(tmp_path,
+                                                                          generic_pyramid):
+    with tifffile.TiffFile(generic_pyramid) as tif:
+        n_tiles = len(tif.pages[0].databytecounts)
+    sparse = tmp_path / "sparse.tif"
+    _zero_tile_counts(generic_pyramid, sparse, [0, 1])
+    with open_slide(sparse) as slide:
+        assert (slide.read_region(0, 0, 0, 8, 8) == 255).all()  # glass, not an error
+    empty = tmp_path / "empty.tif"
+    _zero_tile_counts(generic_pyramid, empty, range(n_tiles))
+    with pytest.raises(InputError, match=rf"empty.tif: no image data: all {n_tiles} tiles of "
+                                         r"level 0 \(900 x 700 px\) are empty or absent"):
+        open_slide(empty)
+
+
+def test_declared_size_against_file_size():
+    from pastflow.slide import check_declared_size
+
+    check_declared_size(Path("small.png"), 20_000, 10_000, 100)  # 600 MB: under the 1 GB floor
+    check_declared_size(Path("slide.tif"), 100_000, 80_000, 1_000_000_000)  # 24:1, a real scan
+    with pytest.raises(InputError, match=r"bomb.png: declares 40000 x 40000 px \(4.8 GB decoded\) "
+                                         r"in 4,000,000 bytes of image data, more than 1000:1"):
+        check_declared_size(Path("bomb.png"), 40_000, 40_000, 4_000_000)

@@ -16,9 +16,11 @@ from PIL import Image
 
 from pastflow.cli import main
 from pastflow.errors import InputError
-from pastflow.stain.agreement import (AGREEMENT_COLUMNS, pair_hscores, summarise_agreement,
+from pastflow.stain.agreement import (AGREEMENT_COLUMNS, INTERVAL_COLUMNS, agreement_values,
+                                      pair_hscores, region_class, summarise_agreement,
                                       write_agreement)
-from pastflow.stain.calibrate import calibrate_cutoffs, calibrate_marker, read_cutoffs
+from pastflow.stain.calibrate import (CUTOFF_COLUMNS, CUTS, calibrate_cutoffs, calibrate_marker,
+                                      read_cutoffs)
 from pastflow.stain.deconvolve import (DAB_THRESHOLDS, combine_stains, dab_hscore,
                                        hematoxylin_only, separate_stains)
 from pastflow.settings import project_path
@@ -144,11 +146,80 @@ def test_panel_cutoffs_win_and_markers_without_genes_are_dropped(tmp_path):
     table = ad.AnnData(x, var=pd.DataFrame(index=["MKI67", "CD3D"]))
     panel = [Marker("Ki67", ("MKI67",)), Marker("CD3", ("CD3D",), cutoffs=(0.1, 0.2, 0.3)),
              Marker("CD20", ("MS4A1",))]
-    cuts = calibrate_cutoffs([table], panel).set_index("marker")
+    table = calibrate_cutoffs([table], panel)
+    assert list(table.columns) == list(CUTOFF_COLUMNS)
+    cuts = table[table["applies_to"] == "measured"].set_index("marker")
     assert list(cuts.index) == ["Ki67", "CD3"]
     assert cuts.loc["CD3", "source"] == "panel" and cuts.loc["CD3", "cut_1"] == 0.1
     assert cuts.loc["Ki67", "source"].startswith("calibrated")
     assert 0 < cuts.loc["Ki67", "cut_1"] < 1 < cuts.loc["Ki67", "cut_2"] < cuts.loc["Ki67", "cut_3"]
+    # No predictions given: the predicted rows repeat the measured cut-offs, and say so.
+    predicted = table[table["applies_to"] == "predicted"].set_index("marker")
+    assert predicted.loc["Ki67", CUTS].tolist() == cuts.loc["Ki67", CUTS].tolist()
+    assert predicted.loc["Ki67", "source"] == "measured cut-offs (no predictions given)"
+
+
+def shrunk_predictions(n=2000, seed=0):
+    """Measured Ki67 scores of two training slides (bimodal, 30% positive) and a regression
+    head's predictions of them: shrunk halfway to the mean plus noise, on cells in another
+    order and with cells QC dropped (predicted, not measured)."""
+    rng = np.random.default_rng(seed)
+    tables, predictions = [], []
+    for slide in range(2):
+        positive = rng.random(n) < 0.3
+        score = np.where(positive, rng.uniform(1.0, 3.0, n), rng.gamma(1.0, 0.05, n))
+        ids = np.array([f"s{slide}c{i}" for i in range(n)])
+        shrunk = 0.5 * score + 0.5 * score.mean() + rng.normal(0, 0.05, n)
+        order = rng.permutation(n)
+        tables.append(ad.AnnData(score[:, None].astype(np.float32),
+                                 obs=pd.DataFrame({"cell_id": ids}, index=ids),
+                                 var=pd.DataFrame(index=["MKI67"])))
+        extra = np.array([f"s{slide}x{i}" for i in range(50)])  # predicted, not in QC
+        predictions.append(ad.AnnData(
+            np.concatenate([shrunk[order], np.full(50, 9.0)])[:, None].astype(np.float32),
+            obs=pd.DataFrame({"cell_id": np.concatenate([ids[order], extra])},
+                             index=np.concatenate([ids[order], extra])),
+            var=pd.DataFrame(index=["MKI67"])))
+    return tables, predictions
+
+
+def test_predicted_cutoffs_are_fitted_on_the_predictions_for_the_training_cells():
+    """Issue 17: measured cut-offs applied to shrunk predictions mis-call the levels; cut-offs
+    fitted on the predictions call each level as often as the measurement does."""
+    tables, predictions = shrunk_predictions()
+    panel = [Marker("Ki67", ("MKI67",))]
+    table = calibrate_cutoffs(tables, panel, predictions=predictions).set_index("applies_to")
+    measured = table.loc["measured", CUTS].to_numpy(float)
+    predicted = table.loc["predicted", CUTS].to_numpy(float)
+    assert table.loc["predicted", "source"] == ("fitted on the predictions for 4000 cells of 2 "
+                                                "training slides")
+    truth = np.concatenate([bin_levels(t.X[:, 0], measured) for t in tables])
+    by_id = {cid: v for p in predictions for cid, v in zip(p.obs["cell_id"], p.X[:, 0])}
+    shrunk = np.array([by_id[c] for t in tables for c in t.obs["cell_id"]])
+    share = lambda levels: np.bincount(levels, minlength=4) / len(levels)  # noqa: E731
+    calibrated, naive = bin_levels(shrunk, predicted), bin_levels(shrunk, measured)
+    assert np.abs(share(calibrated) - share(truth)).max() < 0.01
+    assert np.abs(share(naive) - share(truth)).max() > 0.1  # what measured cut-offs did
+    assert np.mean(calibrated == truth) > 0.8 > np.mean(naive == truth)
+    with pytest.raises(InputError, match="2 QC tables"):
+        calibrate_cutoffs(tables, panel, predictions=predictions[:1])
+
+
+def test_within_slide_markers_are_fitted_on_each_slide(tmp_path):
+    panel_path = write_panel(tmp_path / "p.yaml", "markers:\n"
+                             "  Ki67: {genes: [MKI67], calibration: within_slide}\n")
+    panel = read_panel(panel_path)
+    assert panel[0].calibration == "within_slide"
+    tables, predictions = shrunk_predictions(n=300)
+    table = calibrate_cutoffs(tables, panel, predictions=predictions)
+    assert set(table["source"]) == {"within_slide"} and table[CUTS].isna().all().all()
+    table.to_csv(tmp_path / "cutoffs.tsv", sep="\t", index=False)
+    assert len(read_cutoffs(tmp_path / "cutoffs.tsv")) == 2  # NaN cut-offs accepted here only
+    for text, problem in (("{genes: [MKI67], calibration: slide}", "calibration 'slide'"),
+                          ("{genes: [MKI67], calibration: training, cutoffs: [1, 2, 3]}",
+                           "not both")):
+        with pytest.raises(InputError, match=problem):
+            read_panel(write_panel(tmp_path / "bad.yaml", f"markers:\n  Ki67: {text}\n"))
 
 
 def test_read_cutoffs_rejects_non_increasing(tmp_path):
@@ -287,14 +358,24 @@ def test_virtual_stain_pyramid_opens_in_openslide_with_levels_and_mpp(tmp_path):
 # ------------------------------------------------------------------------------- agreement
 
 
+def level_shares(h: float) -> list[float]:
+    """``pct_0..3`` of a region with H-score ``h``, its cells at two neighbouring levels."""
+    low = min(int(h // 100), 2)
+    pct = [0.0] * 4
+    pct[low + 1] = h - 100 * low
+    pct[low] = 100 - pct[low + 1]
+    return pct
+
+
 def hscore_rows(sample, marker, regions, predicted, measured):
     rows = []
     for source, values in (("predicted", predicted), ("measured", measured)):
         for region, h in zip(regions, values):
+            pct = level_shares(h)
             rows.append({"sample": sample, "marker": marker, "region": region, "source": source,
-                         "cells": "measured", "n_cells": 50, "pct_0": 0, "pct_1": 0,
-                         "pct_2": 0, "pct_3": 0,
-                         "pct_positive": 0, "hscore": h})
+                         "cells": "measured", "n_cells": 50, "pct_0": pct[0], "pct_1": pct[1],
+                         "pct_2": pct[2], "pct_3": pct[3],
+                         "pct_positive": sum(pct[1:]), "hscore": h})
     return rows
 
 
@@ -310,8 +391,22 @@ def test_agreement_pairs_sources_and_reports_r_per_level(tmp_path):
     assert summary.loc[("CD3", "region"), "n"] == 8
     assert summary.loc[("CD3", "region"), "pearson_r"] > 0.98
     assert np.isnan(summary.loc[("CD3", "slide"), "pearson_r"])  # 2 slides: too few
+    assert summary.loc[("CD3", "slide"), "reason"] == ("2 slides scored both ways: too few for "
+                                                       "r or kappa (needs 3)")
     assert np.isnan(summary.loc[("HER2", "region"), "pearson_r"])  # constant prediction
+    assert summary.loc[("HER2", "region"), "reason"] == (
+        "r undefined: predicted H-score 0 in every region; kappa undefined: class 0 in every "
+        "region, measured and predicted (agreement, but none beyond chance to measure)")
     assert summary.loc[("HER2", "region"), "bias"] == pytest.approx(-3.75)
+    cd3 = summary.loc[("CD3", "region")]
+    assert cd3["reason"] == ""
+    assert cd3["pearson_ci_low"] < cd3["pearson_r"] <= cd3["pearson_ci_high"]
+    # Region classes (the highest level > 10% of cells reach), H-scores 10 20 30 100 and
+    # 5 50 60 120 predicted, 12 22 35 110 and 4 45 60 118 measured:
+    from sklearn.metrics import cohen_kappa_score
+
+    assert cd3["kappa"] == pytest.approx(cohen_kappa_score(
+        [0, 1, 1, 1, 0, 1, 1, 2], [1, 1, 1, 1, 0, 1, 1, 2], weights="quadratic"))
 
     paths = []
     for sample, group in table.groupby("sample"):
@@ -320,8 +415,37 @@ def test_agreement_pairs_sources_and_reports_r_per_level(tmp_path):
     out = [tmp_path / n for n in ("agreement.tsv", "details.tsv", "ba.png", "scatter.png")]
     write_agreement(paths, *out)
     written = pd.read_csv(out[0], sep="\t")
-    assert list(written.columns) == list(AGREEMENT_COLUMNS)
+    assert list(written.columns) == list(AGREEMENT_COLUMNS + INTERVAL_COLUMNS)
+    # NaN only with a reason.
+    undefined = written["pearson_r"].isna() | written["kappa"].isna()
+    assert (written.loc[undefined, "reason"].str.len() > 0).all()
     assert all(p.stat().st_size > 0 for p in out)
+
+
+def test_kappa_is_cohens_quadratic_kappa_of_the_classes_with_an_interval():
+    from sklearn.metrics import cohen_kappa_score
+
+    from pastflow.predict.metrics import quadratic_kappa
+
+    # The highest level more than 10% of the cells reach: 1+ needs > 10% at 1+ or above.
+    assert region_class([10, 11, 50, 0, 5], [0, 0, 40, 11, 3], [0, 0, 5, 0, 3]).tolist() == [
+        0, 1, 2, 2, 1]
+    rng = np.random.default_rng(0)
+    measured = rng.uniform(0, 300, 60)
+    predicted = np.clip(measured + rng.normal(0, 60, 60), 0, 300)
+    a, b = (region_class(*np.array([level_shares(h) for h in x])[:, 1:].T)
+            for x in (measured, predicted))
+    assert quadratic_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b, weights="quadratic"))
+    values = agreement_values(predicted, measured, b, a, "region", n_boot=500)
+    assert values["kappa"] == pytest.approx(cohen_kappa_score(a, b, weights="quadratic"))
+    assert values["kappa_ci_low"] < values["kappa"] < values["kappa_ci_high"]
+    assert values["pearson_ci_low"] < values["pearson_r"] < values["pearson_ci_high"]
+    assert values["reason"] == ""
+    # One side constant: r is undefined, kappa is 0 (no agreement beyond chance), with the why.
+    flat = agreement_values(np.full(5, 120.0), np.array([0, 100, 200, 250, 300.0]),
+                            np.full(5, 2), np.array([0, 1, 2, 3, 3]), "slide")
+    assert np.isnan(flat["pearson_r"]) and flat["kappa"] == pytest.approx(0.0)
+    assert flat["reason"] == "r undefined: predicted H-score 120 in every slide"
 
 
 def test_agreement_without_measured_rows_is_an_input_error(tmp_path):
@@ -376,8 +500,9 @@ def small_sample(tmp_path_factory):
 
 def calibrate(root: Path, tmp_path: Path) -> Path:
     cutoffs = tmp_path / "cutoffs.tsv"
-    assert main(["stain-calibrate", "--tables", str(root / "qc.h5ad"), "--panel",
-                 str(root / "panel.yaml"), "--out", str(cutoffs), "--no-progress"]) == 0
+    assert main(["stain-calibrate", "--tables", str(root / "qc.h5ad"), "--predictions",
+                 str(root / "predict.h5ad"), "--panel", str(root / "panel.yaml"), "--out",
+                 str(cutoffs), "--no-progress"]) == 0
     return cutoffs
 
 
@@ -407,10 +532,15 @@ def test_cli_calibrates_stains_and_scores_a_sample(small_sample, tmp_path):
 
     root = small_sample
     cutoffs = calibrate(root, tmp_path)
-    cuts = read_cutoffs(cutoffs).set_index("marker")
+    table = read_cutoffs(cutoffs)
+    assert sorted(zip(table["marker"], table["applies_to"])) == [
+        ("CD3", "measured"), ("CD3", "predicted"), ("Ki67", "measured"), ("Ki67", "predicted")]
+    cuts = table[table["applies_to"] == "measured"].set_index("marker")
     assert list(cuts.index) == ["Ki67", "CD3"]  # CD20: no gene in the table
     assert cuts.loc["Ki67", "source"] == "panel"
     assert 0 < cuts.loc["CD3", "cut_1"] < 2.0
+    fitted = table[table["applies_to"] == "predicted"].set_index("marker")
+    assert fitted.loc["CD3", "source"].startswith("fitted on the predictions for 120 cells")
 
     out = tmp_path / "sample"
     settings = write_settings(tmp_path / "settings.yaml", images=["Ki67", "CD20"], grid_um=60,
@@ -427,6 +557,13 @@ def test_cli_calibrates_stains_and_scores_a_sample(small_sample, tmp_path):
     assert h.loc[("Ki67", "slide", "measured", "measured"), "hscore"] == pytest.approx(130.0)
     assert h.loc[("Ki67", "slide", "measured", "measured"), "n_cells"] == 120
     assert ("Ki67", "slide", "measured", "all") not in h.index
+    # Each row says which cut-offs binned it.
+    assert (h.xs("Ki67", level="marker")["calibration"] == "panel").all()
+    assert h.loc[("Ki67", "slide", "predicted", "all"), "cut_1"] == pytest.approx(0.3)
+    assert h.xs(("CD3", "predicted"), level=("marker", "source"))["calibration"].str.startswith(
+        "fitted on the predictions").all()
+    assert h.xs(("CD3", "measured"), level=("marker", "source"))["calibration"].str.startswith(
+        "calibrated on 1 training slides").all()
     # 240 um slide, 60 um grid: 4 x 4 regions of 9 cells; CD3 fills the left two columns.
     regions = h.xs(("CD3", "predicted", "all"), level=("marker", "source", "cells")).drop("slide")
     assert len(regions) == 16 and (regions["n_cells"] == 9).all()
@@ -463,6 +600,29 @@ def test_cli_calibrates_stains_and_scores_a_sample(small_sample, tmp_path):
     assert not bad.exists()
     assert main(images_args(root, bad_settings, out)) == 2
     assert not (out / "virtual_PD-L1.tif").exists()
+
+
+def test_within_slide_cutoffs_are_fitted_on_the_slide_and_written_beside_the_hscores(
+        small_sample, tmp_path):
+    root = small_sample
+    panel = write_panel(tmp_path / "panel.yaml", "markers:\n"
+                        "  CD3: {genes: [CD3D, CD3E, CD3G], calibration: within_slide}\n")
+    cutoffs = tmp_path / "cutoffs.tsv"
+    assert main(["stain-calibrate", "--tables", str(root / "qc.h5ad"), "--panel", str(panel),
+                 "--out", str(cutoffs), "--no-progress"]) == 0
+    out = tmp_path / "sample"
+    settings = write_settings(tmp_path / "settings.yaml", images=["CD3"], grid_um=60,
+                              min_region_cells=5)
+    args = stain_args(root, cutoffs, settings, out)
+    args[args.index("--panel") + 1] = str(panel)
+    assert main(args) == 0
+    h = pd.read_csv(out / "hscores.tsv", sep="\t").set_index(["region", "source", "cells"])
+    assert h.loc[("slide", "predicted", "all"), "calibration"] == (
+        "within_slide: fitted on this slide's 144 predicted scores")
+    assert h.loc[("slide", "measured", "measured"), "calibration"] == (
+        "within_slide: fitted on this slide's 120 measured scores")
+    assert 0 < h.loc[("slide", "predicted", "all"), "cut_1"] < 2.0  # Otsu between 0 and 2
+    assert h.loc[("slide", "predicted", "all"), "pct_positive"] == pytest.approx(50.0)
 
 
 def test_stain_images_draws_the_levels_stain_wrote(small_sample, tmp_path):

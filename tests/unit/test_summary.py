@@ -4,6 +4,7 @@ per test sample and per technology, never a mean across technologies."""
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -193,3 +194,55 @@ def test_front_page_shows_a_compact_per_sample_table(tmp_path, repo_root):
 
     _, html = render_front_page(repo_root, None)  # before the run has made its summary
     assert "Key numbers" not in html and "system-message" not in html
+
+
+def test_agreement_gives_kappa_intervals_and_reasons_never_nan(tmp_path, repo_root):
+    """Issue 17: an undefined r is shown with its reason, on the front page and in the
+    tables; kappa and both intervals sit beside r."""
+    stores = [fake_store(tmp_path / "a.h5", [1, 1])]
+    reason = "r undefined: measured H-score 0 in every region"
+    agreement = write_tsv(
+        tmp_path / "agreement.tsv", marker=["HER2", "CD3"], level=["region", "region"],
+        pearson_r=[np.nan, 0.9], n=[12, 8], pearson_ci_low=[np.nan, 0.8],
+        pearson_ci_high=[np.nan, 0.95], kappa=[0.0, 0.75], kappa_ci_low=[0.0, 0.5],
+        kappa_ci_high=[0.0, 0.9], reason=[reason, np.nan])
+    summary = summarise_run(["xenium"], stores, agreement=agreement, samples=["a"])
+    her2, cd3 = (summary["hscore_agreement"][k] for k in ("HER2 (region)", "CD3 (region)"))
+    assert her2["pearson_r"] is None and her2["reason"] == reason and her2["kappa"] == 0.0
+    assert cd3["reason"] == "" and cd3["kappa_ci_low"] == 0.5
+    rows = summary_rows(summary)
+    ihc = rows[rows["section"] == "virtual_ihc"].set_index(["marker", "metric"])
+    assert ihc.loc[("HER2", "hscore_pearson_r"), "reason"] == reason
+    assert ihc.loc[("CD3", "hscore_kappa"), ["value", "low", "high", "interval"]].tolist() == [
+        0.75, 0.5, 0.9, "95% CI"]
+    assert ihc.loc[("CD3", "hscore_pearson_r"), ["low", "high"]].tolist() == [0.8, 0.95]
+    text, html = render_front_page(repo_root, json.loads(json.dumps(summary)))
+    assert "system-message" not in html and "nan" not in text.lower()
+    # a table row per marker and level: n, r, kappa, why a value is missing
+    cells = re.findall(r"<td>(?:<p>)?(.*?)(?:</p>)?</td>", html)
+    assert cells[cells.index("HER2 (region)"):][:5] == ["HER2 (region)", "12", "—",
+                                                        "0.00 (0.00 to 0.00)", reason]
+    assert cells[cells.index("CD3 (region)"):][:5] == ["CD3 (region)", "8", "0.90 (0.80 to 0.95)",
+                                                       "0.75 (0.50 to 0.90)", "&nbsp;"]
+
+
+def test_skipped_stages_are_on_the_front_page(tmp_path, repo_root):
+    """A stage the sheet leaves out is said in results/summary.json and on the front page, not
+    only on the console (issue 16)."""
+    from pastflow.cli import main
+
+    stores = [fake_store(tmp_path / "a.h5", [1, 2])]
+    note = ("no training samples (split train, with expression): model stages skipped "
+            "(pretrain, embed, predict, evaluate, stain, survival)")
+    notes = tmp_path / "notes.json"
+    notes.write_text(json.dumps([note]))
+    out = tmp_path / "summary.json"
+    assert main(["summary", "--technologies", "xenium", "--stores", str(stores[0]),
+                 "--notes", str(notes), "--json", str(out), "--tsv",
+                 str(tmp_path / "summary.tsv")]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["notes"] == [note]
+    _, html = render_front_page(repo_root, summary)
+    assert "system-message" not in html
+    assert f"<strong>Skipped</strong>: {note}." in html
+    assert summarise_run(["xenium"], stores)["notes"] == []  # nothing skipped: no line

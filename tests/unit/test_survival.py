@@ -376,6 +376,57 @@ def test_run_survival_on_a_synthetic_cohort(tmp_path, cohort):
     pd.testing.assert_frame_equal(cindex, written, check_exact=False, rtol=1e-5)
 
 
+def test_the_clinical_baseline_is_cross_validated_in_the_same_folds_and_compared(tmp_path,
+                                                                                 cohort):
+    """The clinical table's covariates alone (age as a number, stage one-hot) make the
+    ``clinical`` model, cross-validated in the folds of the others; every other model is
+    reported as its difference from it (paired over the same bootstrap resamples), and the
+    baseline's own fit sits beside the combined one in the coefficients and the forest."""
+    from matplotlib.image import imread
+
+    from pastflow.survival.cohort import cross_validate_cox, read_results
+    from pastflow.survival.plots import write_figures
+
+    clinical = pd.read_csv(cohort["clinical"], sep="\t")
+    # Stage follows the outcome loosely: earlier deaths, later stages.
+    rank = (clinical["os_time"] * np.where(clinical["os_event"] == 1, 1, 3)).rank(pct=True)
+    clinical["stage"] = np.select([rank < 0.33, rank < 0.66], ["III", "II"], "I")
+    clinical.to_csv(cohort["clinical"], sep="\t", index=False)
+    settings = SurvivalSettings(**{**SETTINGS, "mil_epochs": 0})
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], settings)
+    groups = modality_columns(data.features)
+    assert groups["clinical"] == ["clinical_age", "clinical_stage_II", "clinical_stage_III"]
+    run_survival(data, tmp_path, settings, progress=False)
+
+    written = pd.read_csv(tmp_path / "cindex.tsv", sep="\t").set_index("model")
+    folds = patient_folds(data.patients, data.event, n_splits=settings.folds,
+                          n_repeats=settings.repeats, seed=settings.seed)
+    risks, _ = cross_validate_cox(data, groups["clinical"], folds, settings, progress=False)
+    alone = summarize_cindex(data.time, data.event, risks, n_boot=settings.bootstrap,
+                             seed=settings.seed)
+    assert written.loc["clinical", "cindex"] == pytest.approx(alone.cindex, abs=1e-6)
+    assert written.loc["clinical", "cindex"] > 0.6  # stage carries the outcome
+
+    models = pd.read_csv(tmp_path / "models.tsv", sep="\t").set_index("model")
+    assert np.isnan(models.loc["clinical", "cindex_minus_clinical"])
+    for name in ("image", "combined"):
+        difference = models.loc[name, "cindex_minus_clinical"]
+        assert difference == pytest.approx(written.loc[name, "cindex"]
+                                           - written.loc["clinical", "cindex"], abs=1e-5)
+        assert models.loc[name, "minus_clinical_low"] <= difference \
+            <= models.loc[name, "minus_clinical_high"]
+    assert models.loc["clinical", "final_penalizer"] > 0
+
+    coefficients = pd.read_csv(tmp_path / "coefficients.tsv", sep="\t", index_col=0)
+    baseline = coefficients["clinical baseline exp(coef)"]
+    assert baseline.dropna().index.tolist() == groups["clinical"]
+    assert baseline.loc["clinical_stage_III"] > 1  # the latest stage has the highest hazard
+
+    write_figures(read_results(*(tmp_path / f for f in MODEL_FILES)), tmp_path)
+    height, width = imread(tmp_path / "forest.png").shape[:2]
+    assert width > 1.8 * height  # two panels side by side: the baseline and the combined
+
+
 def test_three_commands_reproduce_the_one_shot_run(tmp_path, cohort):
     out = tmp_path / "cli"
     settings = ["--settings", str(cohort["settings"])]

@@ -10,8 +10,11 @@ of all of them (scanpy and spatialdata alone take ~4 s to import on 2 cores).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
+import re
 import sys
 
 from pastflow.errors import InputError
@@ -36,6 +39,7 @@ STAGE_MODULES = {
     "survival": "pastflow.survival.cli",
     "survival-figures": "pastflow.survival.cli",
     "cohort": "pastflow.cohort.cli",  # not a workflow stage: builds a sheet (HEST-1k)
+    "sheet": "pastflow.scan.cli",  # not a workflow stage: a sheet from a folder of vendor outputs
 }
 
 
@@ -66,7 +70,58 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input is the user's to fix: a clear line, no traceback.
         print(f"pastflow {args.stage}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Outputs are written under temporary names (pastflow.atomic), removed on the way out.
+        print(f"pastflow {args.stage}: interrupted; no output written", file=sys.stderr)
+        return 130
+    except Exception as err:
+        # A full, read-only or forbidden disk is the user's to fix too; anything else is a
+        # bug and keeps its traceback.
+        message = disk_error_message(err, args)
+        if message is None:
+            raise
+        print(f"pastflow {args.stage}: error: {message}", file=sys.stderr)
+        return 1
     return 0
+
+
+# errno -> what to do about it; h5py and threads wrap these, so the chain is searched.
+_DISK_ERRORS = {
+    errno.ENOSPC: "free space on that disk, or write the results elsewhere "
+                  "(snakemake --directory)",
+    errno.EDQUOT: "free space within your quota, or write the results elsewhere "
+                  "(snakemake --directory)",
+    errno.EROFS: "the file system is read-only: run from a writable working directory "
+                 "(snakemake --directory)",
+    errno.EACCES: "check the permissions of that file or folder",
+    errno.EPERM: "check the permissions of that file or folder",
+}
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+_H5_NAME = re.compile(r"(?:file)?name = '([^']*)'")
+
+
+def disk_error_message(err: BaseException, args: argparse.Namespace | None = None) -> str | None:
+    """``<path>: <problem>; <what to do>`` when ``err`` (or an error it was raised from) is
+    an OSError of a full, read-only or forbidden disk; else None. The path is the one the OS
+    named, else the job's output (``--out``, ``--json``, ``--out-dir``)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            code, path = err.errno, err.filename
+            # h5py (HDF5) gives the errno and the file in its message only.
+            if code is None and (found := _H5_ERRNO.search(str(err))):
+                code = int(found.group(1))
+            if path is None and (found := _H5_NAME.search(str(err))):
+                path = found.group(1)
+            if code in _DISK_ERRORS:
+                if path is None and args is not None:
+                    path = next((getattr(args, a) for a in ("out", "json", "out_dir")
+                                 if getattr(args, a, None)), None)
+                return (f"{path if path is not None else '(unknown file)'}: "
+                        f"{os.strerror(code)} ({errno.errorcode[code]}); {_DISK_ERRORS[code]}")
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def read_clinical(path: str | Path, patients: Iterable[str]) -> pd.DataFrame:
     Raises:
         InputError: missing, empty or unreadable file; a missing column; a patient listed twice;
             a survival time that is missing, not a number, infinite or negative; an event that
-            is missing or not 0/1; a patient of the sheet absent from the table.
+            is missing or not 0/1; a patient of the sheet absent from the table; no event, or
+            one survival time for every patient, among the sheet's patients.
     """
     path = Path(path)
     wanted = list(dict.fromkeys(str(p) for p in patients))
@@ -78,6 +79,7 @@ def read_clinical(path: str | Path, patients: Iterable[str]) -> pd.DataFrame:
         log.warning("%s: %d patients are not in the sample sheet and are left out (%s)", path,
                     len(extra), _listing(list(extra)))
     table = table.loc[wanted]
+    _check_outcomes(table, path)
     log.info("%s: %d patients, %d events, follow-up %.3g to %.3g", path, len(table),
              int(table["os_event"].sum()), table["os_time"].min(), table["os_time"].max())
     return table
@@ -104,6 +106,20 @@ def _read_clinical_file(path: Path) -> pd.DataFrame:
     if table.empty:
         raise InputError(path, "clinical table has a header but no patients")
     return table.apply(lambda column: column.str.strip())
+
+
+def _check_outcomes(table: pd.DataFrame, path: Path) -> None:
+    """Outcomes a Cox model can learn from: without an event, or with one follow-up time for
+    everyone, every c-index is undefined (NaN), which must not pass for a result."""
+    n = len(table)
+    if not table["os_event"].any():
+        raise InputError(path, f"column 'os_event': no event among the {n} patients of the "
+                               "sample sheet (every os_event is 0); survival needs at least "
+                               "one observed event (1)")
+    if table["os_time"].nunique() == 1:
+        raise InputError(path, f"column 'os_time': every one of the {n} patients of the sample "
+                               f"sheet has the survival time {table['os_time'].iloc[0]:g}; "
+                               "survival needs follow-up times that differ")
 
 
 def _parse_time(value: str, path: Path, where: str) -> float:

@@ -78,6 +78,10 @@ class WorkflowConfig(Settings):
     samples: str = setting("config/samples.tsv", "the sample sheet (TSV; columns in the "
                                                  "top-level README)")
     data_root: str = setting(".", "directory the sheet's relative paths are resolved against")
+    split_by_patient: bool = setting(True, "a patient's slides must share one split (train, "
+                                           "val or test), checked at start-up; false only for "
+                                           "a one-patient cohort that holds out a section "
+                                           "(her2st)")
     simulate: SimulateSettings = setting(SimulateSettings(), "the demo cohort")
     ingest: IngestSettings = setting(IngestSettings(), "reading vendor data")
     qc: QCSettings = setting(QCSettings(), "filters and highly variable genes")

@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 WHITE = 255
 # Resolution tags coarser than this are display defaults (72, 96, 300 dpi), not a scan.
 MAX_PLAUSIBLE_MPP = 20.0
+# Finer than this is below what light microscopy resolves: a unit mix-up, not a scan.
+MIN_PLAUSIBLE_MPP = 0.05
+# Decoded RGB bytes per byte of file: real slides stay below ~300 (an all-white JPEG), while a
+# decompression bomb (or a header declaring a size its data do not have) is far above. Checked
+# only above DECODED_BYTES_FLOOR, so small placeholder images stay readable.
+MAX_DECODED_PER_FILE_BYTE = 1000
+DECODED_BYTES_FLOOR = 1 << 30
 PILLOW_SUFFIXES = {".jpg", ".jpeg", ".png"}
 _OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _TIFF_UNIT_TO_UM = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}  # ResolutionUnit tag values
@@ -141,7 +148,9 @@ def open_slide(path: str | Path, backend: str | None = None) -> Slide:
     ``backend`` (``"tifffile"``, ``"openslide"``, ``"pillow"``) forces one, e.g. to compare them.
 
     Raises:
-        InputError: the file is missing, unsupported, corrupt or truncated.
+        InputError: the file is missing, unsupported, corrupt or truncated, declares far more
+            pixels than its bytes can hold (:func:`check_declared_size`), or records an
+            invalid resolution (NaN, zero or negative microns per pixel).
     """
     path = Path(path)
     if not path.is_file():
@@ -176,6 +185,68 @@ def open_slide(path: str | Path, backend: str | None = None) -> Slide:
     return _PillowSlide(path)
 
 
+def check_slide_before_decoding(path: str | Path, max_jpeg_png_px: int | None) -> None:
+    """Refuse a slide that would exhaust memory or time, reading only its header.
+
+    JPEG / PNG are decoded whole (:class:`_PillowSlide`), so their declared width x height must
+    stay within ``max_jpeg_png_px`` (config key ``ingest.max_jpeg_png_px``; None = no limit);
+    every format's declared size must fit its file size (:func:`check_declared_size`); TIFF
+    tile tables are checked when opened (:class:`_TiffSlide`).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in PILLOW_SUFFIXES:
+        open_slide(path).close()  # headers and tile tables only: nothing is decoded
+        return
+    width, height = _pillow_size(path)
+    if max_jpeg_png_px is not None and width * height > max_jpeg_png_px:
+        raise InputError(path, f"declares {width} x {height} px ({width * height:,} px), over "
+                               f"the limit for JPEG/PNG slides, config key "
+                               f"ingest.max_jpeg_png_px = {max_jpeg_png_px:,} (they are decoded "
+                               f"whole: {3 * width * height / 1e9:.1f} GB); convert it to a "
+                               "tiled pyramidal TIFF, or raise the key if the memory is there")
+    check_declared_size(path, width, height, path.stat().st_size)
+
+
+def check_declared_size(path: Path, width: int, height: int, data_bytes: int) -> None:
+    """Refuse an image whose declared ``width x height`` cannot come from ``data_bytes`` bytes.
+
+    A decompression bomb (a PNG of zeros declaring 40,000 x 40,000 px) or a header whose data
+    are missing would otherwise be decoded for minutes into gigabytes of nothing.
+    """
+    decoded = 3 * int(width) * int(height)
+    if decoded > DECODED_BYTES_FLOOR and decoded > MAX_DECODED_PER_FILE_BYTE * max(data_bytes, 1):
+        raise InputError(path, f"declares {width} x {height} px ({decoded / 1e9:.1f} GB decoded) "
+                               f"in {data_bytes:,} bytes of image data, more than "
+                               f"{MAX_DECODED_PER_FILE_BYTE}:1 compression that no scanned slide "
+                               "reaches: a decompression bomb or a corrupt header; re-export "
+                               "the slide from the scanner software")
+
+
+def _pillow_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from a JPEG / PNG header, without decoding."""
+    from PIL import Image
+
+    try:
+        with _unlimited_pixels(Image), Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as err:  # PIL reports broken files as these
+        raise InputError(path, f"cannot decode image ({err})") from err
+
+
+def check_file_mpp(path: Path, mpp: float | None, where: str) -> float | None:
+    """A resolution read from the file's metadata (``where`` names the field): None stays
+    None; NaN, zero or negative is an :class:`InputError` (it would reach every size in
+    microns)."""
+    if mpp is None:
+        return None
+    if not (np.isfinite(mpp) and mpp > 0):
+        raise InputError(path, f"the file records an invalid resolution ({where} = {mpp} um/px); "
+                               "fix the slide's metadata (re-export it from the scanner "
+                               "software), or convert it to a format without one and give the "
+                               "sample sheet column mpp")
+    return float(mpp)
+
+
 def _is_tiff(path: Path) -> bool:
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -203,9 +274,11 @@ class _TiffSlide(Slide):
                 mpp = _file_mpp(self._tif, self._pages[0])
             except Exception as err:
                 raise InputError(path, f"not a readable TIFF ({err})") from err
+            mpp = check_file_mpp(path, mpp, "OME PhysicalSizeX / Aperio MPP / resolution tags")
             for page in self._pages:
                 _check_page(path, page)
             _check_not_truncated(path, self._pages)
+            _check_has_data(path, self._pages[0])
         except BaseException:
             self._tif.close()
             raise
@@ -363,6 +436,23 @@ def _check_not_truncated(path: Path, pages) -> None:
             )
 
 
+def _check_has_data(path: Path, page) -> None:
+    """Refuse a level 0 without image data, before any tile is read: every tile empty (byte
+    count 0) or absent (offset 0, the file header), or far fewer distinct bytes than its
+    declared size.
+    Such a file reads as a blank slide of any declared size, for as long as that takes."""
+    counts = np.asarray(page.databytecounts, np.int64)
+    offsets = np.asarray(page.dataoffsets, np.int64)
+    present = (counts > 0) & (offsets > 0)
+    if counts.size and not present.any():
+        raise InputError(path, f"no image data: all {counts.size} tiles of level 0 "
+                               f"({page.imagewidth} x {page.imagelength} px) are empty or "
+                               "absent (TileByteCounts 0 or TileOffsets 0); re-export the slide")
+    # Tiles may share their bytes (one tile's offset listed for all): count each block once.
+    blocks = np.unique(np.stack([offsets[present], counts[present]]), axis=1)
+    check_declared_size(path, page.imagewidth, page.imagelength, int(blocks[1].sum()))
+
+
 def _file_mpp(tif, page) -> float | None:
     """Microns per level-0 pixel from OME-XML, an Aperio description, or resolution tags."""
     if tif.is_ome:
@@ -423,13 +513,17 @@ class _OpenSlideSlide(Slide):
         except openslide.OpenSlideError as err:
             raise InputError(path, f"OpenSlide cannot open the file: {err}") from err
         props = self._osr.properties
-        mpp = props.get(openslide.PROPERTY_NAME_MPP_X)
-        super().__init__(
-            path,
-            self._osr.level_dimensions,
-            self._osr.level_downsamples,
-            float(mpp) if mpp else None,
-        )
+        raw = props.get(openslide.PROPERTY_NAME_MPP_X)
+        try:
+            value = float(raw) if raw else None
+        except ValueError:
+            value = float("nan")
+        try:
+            mpp = check_file_mpp(path, value, "openslide.mpp-x")
+        except InputError:
+            self._osr.close()
+            raise
+        super().__init__(path, self._osr.level_dimensions, self._osr.level_downsamples, mpp)
         self._tile_rows = [
             int(props.get(f"openslide.level[{i}].tile-height", 256))
             for i in range(self.level_count)
@@ -489,8 +583,12 @@ class _PillowSlide(Slide):
     def __init__(self, path: Path):
         from PIL import Image
 
+        # Whole-slide JPEGs exceed Pillow's own guard (89 Mpx), so it is off; instead the
+        # declared size must fit the file (a bomb is refused before decoding) and ingest
+        # applies the configurable ingest.max_jpeg_png_px (check_slide_before_decoding).
+        width, height = _pillow_size(path)
+        check_declared_size(path, width, height, path.stat().st_size)
         try:
-            # Whole-slide JPEGs exceed Pillow's decompression-bomb guard; this is trusted input.
             with _unlimited_pixels(Image):
                 with Image.open(path) as image:
                     self._pixels = np.asarray(image.convert("RGB"))

@@ -34,6 +34,27 @@ def read_h5ad(path: str | Path, what: str, *, obs: Sequence[str] = ()) -> ad.Ann
     return table
 
 
+def read_pastflow_uns(path: str | Path, what: str, group: str = "pastflow") -> dict:
+    """``uns[group]`` (the ``uns["pastflow"]`` record, or a part such as ``"pastflow/qc"``) of
+    an ``.h5ad``, read without loading its matrices; {} when absent.
+
+    Raises:
+        InputError: naming the file, when it is missing or not a readable AnnData file.
+    """
+    import h5py
+    from anndata.io import read_elem
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        with h5py.File(path, "r") as f:
+            record = f.get(f"uns/{group}")
+            return read_elem(record) if isinstance(record, h5py.Group) else {}
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(path, f"not a readable AnnData file ({err})") from None
+
+
 def read_ingested_table(zarr_path: str | Path) -> ad.AnnData:
     """Read only the AnnData table of an ingested SpatialData zarr (fast: images untouched)."""
     if not Path(zarr_path).exists():

@@ -58,7 +58,7 @@ def _read_visium_hd(paths, sample, mpp, settings, progress):
     from pastflow.ingest.visium_hd import read_visium_hd
 
     return read_visium_hd(paths["data"], paths["image"], sample, settings.visium_hd, mpp=mpp,
-                          progress=progress)
+                          progress=progress, max_detection_mm2=settings.max_detection_mm2)
 
 
 def _read_legacy_st(paths, sample, mpp, settings, progress):
@@ -76,7 +76,8 @@ def _read_hest(paths, sample, mpp, settings, progress):
 def _read_he_only(paths, sample, mpp, settings, progress):
     from pastflow.ingest.he_only import read_he_only
 
-    return read_he_only(paths["image"], mpp, progress=progress)
+    return read_he_only(paths["image"], mpp, progress=progress,
+                        max_area_mm2=settings.max_detection_mm2)
 
 
 REGISTRY: dict[str, Technology] = {t.name: t for t in (

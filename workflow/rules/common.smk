@@ -2,16 +2,25 @@
 # of range or a bad sheet stops the workflow with a message naming the key, or the file, the
 # line and the column.
 import json
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # import pastflow from this checkout
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from pastflow.config import STAGE_SECTIONS, config_schema, resolve_workflow_config
 from pastflow.errors import InputError
+from pastflow.preflight import check_run, write_notes
+from pastflow.job_logs import log_tails
+from pastflow.rule_commands import (
+    list_option,
+    option,
+    options,
+    pastflow_command,
+    pastflow_launcher,
+)
 from pastflow.settings import project_path, write_json_if_changed, write_settings_file
 from pastflow.sheet import load_sample_sheet
 from pastflow.technologies import REGISTRY as TECHNOLOGY_REGISTRY
@@ -26,7 +35,12 @@ try:
     SHEET = str(project_path(SETTINGS.samples))
     DATA_ROOT = str(project_path(SETTINGS.data_root))
     # Simulated inputs do not exist yet: the simulate rules create them.
-    samples = load_sample_sheet(SHEET, DATA_ROOT, check_paths=not SIMULATED)
+    samples = load_sample_sheet(
+        SHEET,
+        DATA_ROOT,
+        check_paths=not SIMULATED,
+        split_by_patient=SETTINGS.split_by_patient,
+    )
 except InputError as err:
     sys.exit(f"pastflow: invalid input: {err}")
 SETTINGS_DIR = "results/settings"
@@ -49,18 +63,23 @@ for _section in STAGE_SECTIONS:
     )
 
 SAMPLES = list(samples.index)
-# Rules run the package from this checkout with whatever Python the job's environment has
-# (the project venv locally, a per-rule conda env with --sdm conda on a cluster).
-PASTFLOW = (
-    f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m pastflow"
+# Rules run the package from this checkout with the interpreter that runs Snakemake (so a
+# plain shell needs no activated venv), or with --sdm conda the `python` of the rule's env.
+PYTHON = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else sys.executable
 )
+PASTFLOW = pastflow_command(workflow.basedir, PYTHON)
 EXPRESSION_SAMPLES = [
     s
     for s in SAMPLES
     if TECHNOLOGY_REGISTRY[samples.loc[s, "technology"]].has_expression
 ]
-# Pretraining sees the train and val samples with expression; test samples never.
-PRETRAIN_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] != "test"]
+# Pretraining trains on the train samples with expression; the val ones give its validation
+# loss (best checkpoint, early stopping) and are never trained on; test samples never seen.
+PRETRAIN_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] == "train"]
+VAL_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] == "val"]
 # Evaluated: the test samples with measured expression.
 EVALUATE_SAMPLES = [s for s in EXPRESSION_SAMPLES if samples.loc[s, "split"] == "test"]
 MODEL = "results/pretrain/model"
@@ -75,13 +94,23 @@ RUN_SURVIVAL = bool(
     and (SIMULATED or SETTINGS.survival.clinical)
     and SURVIVAL_PATIENTS >= SETTINGS.survival.min_patients
 )
-if PRETRAIN_SAMPLES and not RUN_SURVIVAL:
-    print(
-        f"pastflow: survival skipped ({SURVIVAL_PATIENTS} patients, survival.min_patients="
-        f"{SETTINGS.survival.min_patients}, clinical table: "
-        f"{SETTINGS.survival.clinical or ('simulated' if SIMULATED else 'none')})",
-        file=sys.stderr,
+# Config, sheet and data against each other (panel genes, clinical table) before any job
+# (pastflow/preflight.py); a stage the sheet leaves out is said on the console and on the
+# report's front page (NOTES_FILE, read by `pastflow summary`).
+try:
+    NOTES = check_run(
+        SETTINGS,
+        samples,
+        simulated=SIMULATED,
+        model_samples=PRETRAIN_SAMPLES,
+        run_survival=RUN_SURVIVAL,
     )
+except InputError as err:
+    sys.exit(f"pastflow: invalid input: {err}")
+for _note in NOTES:
+    print(f"pastflow: {_note}", file=sys.stderr)
+NOTES_FILE = f"{SETTINGS_DIR}/notes.json"
+write_notes(NOTES, NOTES_FILE)
 
 
 wildcard_constraints:
@@ -106,26 +135,33 @@ def rule_resources(rule):
 
 
 def pretrain_launcher(wildcards, resources):
-    """``python -m pastflow`` on CPU; on GPUs, torchrun with one process per GPU of the job
-    (``resources.gpu``, set by the profile): single node, rendezvous on this host."""
+    """``python -m pastflow`` on CPU; on GPUs, torchrun (of the same interpreter) with one
+    process per GPU of the job (``resources.gpu``, set by the profile): single node,
+    rendezvous on this host."""
     gpus = int(resources.get("gpu", 0) or 0)
-    if gpus < 1:
-        return PASTFLOW
-    return PASTFLOW.replace(
-        "python -m pastflow",
-        f"torchrun --standalone --nproc-per-node={gpus} -m pastflow",
-    )
+    return pastflow_launcher(workflow.basedir, PYTHON, gpus)
+
+
+def show_failed_job_logs():
+    """For ``onerror:``: the last lines of each failed job's log on the console, so the
+    reason is there and not only Snakemake's "exited with non-zero exit code". (Jobs of a
+    group job are its ``jobs``.)"""
+    failed = getattr(workflow.scheduler, "failed", ())
+    jobs = [part for job in failed for part in getattr(job, "jobs", [job])]
+    logs = {str(path) for job in jobs for path in job.log}
+    if logs:
+        print(log_tails(sorted(logs)), file=sys.stderr)
 
 
 def sheet_values(*columns):
-    """A params function: the sample's values in ``columns`` of the sheet, quoted for the
-    shell (a path with spaces or quotes stays one argument, an empty one is still '').
-    Only these columns are the job's params, so editing another column (a split, another
-    path) does not rerun it."""
+    """A params function: the sample's values in ``columns`` of the sheet, as written (the
+    shell line quotes them: ``--image={params.row[image]:q}``, the ``=`` form keeping an
+    empty value an argument). Only these columns are the job's params, so editing another
+    column (a split, another path) does not rerun it."""
 
     def values(wildcards):
         row = samples.loc[wildcards.sample]
-        return {column: shlex.quote(str(row[column])) for column in columns}
+        return {column: str(row[column]) for column in columns}
 
     return values
 
@@ -147,7 +183,14 @@ def qc_table(wildcards):
 
 def optional_table(wildcards, input):
     """``--table PATH`` when the job has a QC table input, else nothing."""
-    return f"--table {input.table}" if input.table else ""
+    return option("--table", input.table)
+
+
+def validation_options(wildcards, input):
+    """``--val-stores ... --val-tables ...`` of pretraining's val samples, else nothing."""
+    stores = list_option("--val-stores", input.val_stores)
+    tables = list_option("--val-tables", input.val_tables)
+    return f"{stores} {tables}".strip()
 
 
 def summary_inputs(wildcards):
@@ -192,7 +235,7 @@ def survival_gene_sets():
 
 def survival_options(wildcards, input):
     """Optional input of ``pastflow survival``: the simulated cohort's true hazard."""
-    return f"--truth {shlex.quote(input.truth)}" if input.truth else ""
+    return option("--truth", input.truth)
 
 
 def all_outputs():

@@ -23,7 +23,7 @@ rule embed:
         table=optional_table,
         row=sheet_values("split"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.pastflow} embed --model {params.model}"
-        " --store {input.store} {params.table} --sample {wildcards.sample}"
-        " --split {params.row[split]} --out {output}"
-        " --settings {input.settings} --no-progress > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} {params.pastflow} embed --model {params.model:q}"
+        " --store {input.store:q} {params.table} --sample {wildcards.sample:q}"
+        " --split {params.row[split]:q} --out {output:q}"
+        " --settings {input.settings:q} --no-progress > {log:q} 2>&1"

@@ -15,8 +15,8 @@ rule ingest:
         row=sheet_values("patient", "technology", "data", "image", "alignment", "mpp"),
     shell:
         "{params.pastflow} ingest --sample {wildcards.sample:q}"
-        " --patient {params.row[patient]} --technology {params.row[technology]}"
-        " --data {params.row[data]} --image {params.row[image]}"
-        " --alignment {params.row[alignment]} --mpp {params.row[mpp]}"
-        " --settings {input.settings}"
+        " --patient {params.row[patient]:q} --technology {params.row[technology]:q}"
+        " --data={params.row[data]:q} --image={params.row[image]:q}"
+        " --alignment={params.row[alignment]:q} --mpp={params.row[mpp]:q}"
+        " --settings {input.settings:q}"
         " --out {output:q} > {log:q} 2>&1"

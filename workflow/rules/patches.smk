@@ -20,5 +20,5 @@ rule patches:
     params:
         pastflow=PASTFLOW,
     shell:
-        "{params.pastflow} patches --ingested {input.ingested} --settings {input.settings}"
-        " --out {output.store} --gallery {output.gallery} > {log} 2>&1"
+        "{params.pastflow} patches --ingested {input.ingested:q} --settings {input.settings:q}"
+        " --out {output.store:q} --gallery {output.gallery:q} > {log:q} 2>&1"

@@ -20,9 +20,9 @@ rule predict:
         table=optional_table,
         row=sheet_values("split"),
     shell:
-        "{params.pastflow} predict --model {params.model} --embedding {input.embedding}"
-        " {params.table} --split {params.row[split]} --out {output}"
-        " --settings {input.settings} > {log} 2>&1"
+        "{params.pastflow} predict --model {params.model:q} --embedding {input.embedding:q}"
+        " {params.table} --split {params.row[split]:q} --out {output:q}"
+        " --settings {input.settings:q} > {log:q} 2>&1"
 
 
 # Cohort level: the test samples with measured expression, against the baselines.
@@ -67,11 +67,13 @@ rule evaluate:
     params:
         pastflow=PASTFLOW,
     shell:
-        "{params.pastflow} evaluate --test-embeddings {input.test_embeddings}"
-        " --test-tables {input.test_tables} --predictions {input.predictions}"
-        " --train-embeddings {input.train_embeddings} --train-tables {input.train_tables}"
-        " --metrics {output.metrics} --per-gene {output.per_gene} --paired {output.paired}"
-        " --figures {output.figures} --settings {input.settings} --no-progress > {log} 2>&1"
+        "{params.pastflow} evaluate --test-embeddings {input.test_embeddings:q}"
+        " --test-tables {input.test_tables:q} --predictions {input.predictions:q}"
+        " --train-embeddings {input.train_embeddings:q}"
+        " --train-tables {input.train_tables:q} --metrics {output.metrics:q}"
+        " --per-gene {output.per_gene:q} --paired {output.paired:q}"
+        " --figures {output.figures:q} --settings {input.settings:q} --no-progress"
+        " > {log:q} 2>&1"
 
 
 # Cohort level: the probes and the mean baseline, each training patient held out in turn.
@@ -100,6 +102,7 @@ rule evaluate_lopo:
         pastflow=PASTFLOW,
         model=lambda wildcards, input: Path(input.weights).parent,
     shell:
-        "{params.pastflow} evaluate-lopo --model {params.model}"
-        " --train-embeddings {input.train_embeddings} --train-tables {input.train_tables}"
-        " --out {output} --settings {input.settings} > {log} 2>&1"
+        "{params.pastflow} evaluate-lopo --model {params.model:q}"
+        " --train-embeddings {input.train_embeddings:q}"
+        " --train-tables {input.train_tables:q} --out {output:q}"
+        " --settings {input.settings:q} > {log:q} 2>&1"

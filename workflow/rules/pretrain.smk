@@ -1,4 +1,5 @@
-# Cohort level: one model from the train (+ val) samples that have expression. Only the
+# Cohort level: one model from the train samples that have expression; the val samples are
+# only its validation input (validation loss per checkpoint, the best one kept). Only the
 # model files are declared, not the folder: checkpoints/ beside them survives a failed or
 # pre-empted job (exit 75 on SIGTERM/SIGUSR1), the retry resumes from the newest one (with
 # more wall time per attempt), and the model files are written last. With `gpu` >= 1 (the
@@ -7,6 +8,8 @@ rule pretrain:
     input:
         stores=expand("results/patches/{sample}.h5", sample=PRETRAIN_SAMPLES),
         tables=expand("results/qc/{sample}.h5ad", sample=PRETRAIN_SAMPLES),
+        val_stores=expand("results/patches/{sample}.h5", sample=VAL_SAMPLES),
+        val_tables=expand("results/qc/{sample}.h5ad", sample=VAL_SAMPLES),
         settings=settings_file("pretrain"),
     output:
         weights=f"{MODEL}/model.safetensors",
@@ -31,7 +34,9 @@ rule pretrain:
     params:
         launch=pretrain_launcher,
         out=lambda wildcards, output: Path(output.metrics).parent,
+        validation=validation_options,
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} pretrain --settings {input.settings}"
-        " --stores {input.stores:q} --tables {input.tables:q} --out {params.out:q}"
+        "OMP_NUM_THREADS={threads:q} {params.launch} pretrain --settings {input.settings:q}"
+        " --stores {input.stores:q} --tables {input.tables:q} {params.validation}"
+        " --out {params.out:q}"
         " --no-progress > {log:q} 2>&1"

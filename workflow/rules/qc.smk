@@ -27,6 +27,6 @@ rule qc:
     params:
         pastflow=PASTFLOW,
     shell:
-        "{params.pastflow} qc --ingested {input.ingested} --settings {input.settings}"
-        " --out {output.table} --fig-distributions {output.distributions}"
-        " --fig-spatial {output.spatial} > {log} 2>&1"
+        "{params.pastflow} qc --ingested {input.ingested:q} --settings {input.settings:q}"
+        " --out {output.table:q} --fig-distributions {output.distributions:q}"
+        " --fig-spatial {output.spatial:q} > {log:q} 2>&1"

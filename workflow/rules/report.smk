@@ -6,6 +6,7 @@ rule summary:
     input:
         unpack(summary_inputs),
         outcomes=f"{SURVIVAL}/outcomes.tsv" if RUN_SURVIVAL else [],
+        notes=NOTES_FILE,  # stages the run skipped (written at start-up)
     output:
         json=SUMMARY,
         tsv=report(
@@ -24,13 +25,13 @@ rule summary:
         pastflow=PASTFLOW,
         samples=SAMPLES,
         technologies=[samples.loc[s, "technology"] for s in SAMPLES],
-        optional=lambda wildcards, input: " ".join(
-            f"--{key} {input[key]}"
-            for key in ("metrics", "cindex", "outcomes", "agreement")
-            if key in input.keys() and input[key]
+        optional=lambda wildcards, input: options(
+            (f"--{key}", input[key])
+            for key in ("metrics", "cindex", "outcomes", "agreement", "notes")
+            if key in input.keys()
         ),
     shell:
-        "{params.pastflow} summary --samples {params.samples}"
-        " --technologies {params.technologies}"
-        " --stores {input.stores} {params.optional}"
-        " --json {output.json} --tsv {output.tsv} > {log} 2>&1"
+        "{params.pastflow} summary --samples {params.samples:q}"
+        " --technologies {params.technologies:q}"
+        " --stores {input.stores:q} {params.optional}"
+        " --json {output.json:q} --tsv {output.tsv:q} > {log:q} 2>&1"

@@ -20,8 +20,8 @@ if SIMULATED:
             seed=lambda wildcards: SAMPLES.index(wildcards.sample),
         shell:
             "{params.pastflow} simulate sample --out {params.out:q} --sample {wildcards.sample:q}"
-            " --patient {params.row[patient]} --technology {params.row[technology]}"
-            " --seed {params.seed} --settings {input.settings} > {log:q} 2>&1"
+            " --patient {params.row[patient]:q} --technology {params.row[technology]:q}"
+            " --seed {params.seed:q} --settings {input.settings:q} > {log:q} 2>&1"
 
     rule simulate_clinical:
         input:
@@ -41,4 +41,4 @@ if SIMULATED:
             patients=sorted(set(samples["patient"])),
         shell:
             "{params.pastflow} simulate clinical --out {params.out:q} --patients {params.patients:q}"
-            " --settings {input.settings} > {log:q} 2>&1"
+            " --settings {input.settings:q} > {log:q} 2>&1"

@@ -1,5 +1,6 @@
-# Virtual IHC (pastflow.stain): cut-offs calibrated on the training slides' measured
-# expression, then per sample H-scores, then virtual stain images from predicted expression,
+# Virtual IHC (pastflow.stain): cut-offs calibrated on the training slides (measured
+# expression for measured H-scores, the model's predictions of the same cells for virtual
+# ones), then per sample H-scores, then virtual stain images from predicted expression,
 # then predicted against measured H-scores on the held-out slides. Settings (markers drawn,
 # region grid, ...) travel in the stain settings file, never on the shell line.
 STAIN_PANEL = project_file(SETTINGS.stain.panel)
@@ -9,6 +10,7 @@ STAIN_PANEL = project_file(SETTINGS.stain.panel)
 rule stain_calibrate:
     input:
         tables=expand("results/qc/{sample}.h5ad", sample=PRETRAIN_SAMPLES),
+        predictions=expand("results/predict/{sample}.h5ad", sample=PRETRAIN_SAMPLES),
         panel=STAIN_PANEL,
         settings=settings_file("stain"),
     output:
@@ -28,8 +30,9 @@ rule stain_calibrate:
     params:
         pastflow=PASTFLOW,
     shell:
-        "{params.pastflow} stain-calibrate --tables {input.tables} --panel {input.panel}"
-        " --settings {input.settings} --out {output} --no-progress > {log} 2>&1"
+        "{params.pastflow} stain-calibrate --tables {input.tables:q}"
+        " --predictions {input.predictions:q} --panel {input.panel:q}"
+        " --settings {input.settings:q} --out {output:q} --no-progress > {log:q} 2>&1"
 
 
 # Per sample, every sample: levels and H-scores from predicted expression (and from measured
@@ -56,10 +59,10 @@ rule stain:
         table=optional_table,
         out_dir=lambda wildcards, output: Path(output.hscores).parent,
     shell:
-        "{params.pastflow} stain --prediction {input.prediction} --store {input.store}"
-        " --cutoffs {input.cutoffs} --panel {input.panel} {params.table}"
-        " --settings {input.settings} --sample {wildcards.sample}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "{params.pastflow} stain --prediction {input.prediction:q} --store {input.store:q}"
+        " --cutoffs {input.cutoffs:q} --panel {input.panel:q} {params.table}"
+        " --settings {input.settings:q} --sample {wildcards.sample:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # Per sample, every sample: virtual stain pyramids of the `stain.images` markers and their
@@ -95,16 +98,17 @@ rule stain_images:
         table=optional_table,
         out_dir=lambda wildcards, output: Path(output.thumbnails).parent,
     shell:
-        "{params.pastflow} stain-images --cells {input.cells} --hscores {input.hscores}"
-        " --store {input.store} --panel {input.panel} {params.table}"
-        " --settings {input.settings} --sample {wildcards.sample}"
-        " --out-dir {params.out_dir} --no-progress > {log} 2>&1"
+        "{params.pastflow} stain-images --cells {input.cells:q} --hscores {input.hscores:q}"
+        " --store {input.store:q} --panel {input.panel:q} {params.table}"
+        " --settings {input.settings:q} --sample {wildcards.sample:q}"
+        " --out-dir {params.out_dir:q} --no-progress > {log:q} 2>&1"
 
 
 # Cohort level: the test samples with measured expression.
 rule stain_agreement:
     input:
-        expand("results/stain/{sample}/hscores.tsv", sample=EVALUATE_SAMPLES),
+        hscores=expand("results/stain/{sample}/hscores.tsv", sample=EVALUATE_SAMPLES),
+        settings=settings_file("stain"),
     output:
         agreement=report(
             "results/stain/hscore_agreement.tsv",
@@ -137,6 +141,7 @@ rule stain_agreement:
     params:
         pastflow=PASTFLOW,
     shell:
-        "{params.pastflow} stain-agreement --hscores {input} --out {output.agreement}"
-        " --details {output.details} --bland-altman {output.bland_altman}"
-        " --scatter {output.scatter} > {log} 2>&1"
+        "{params.pastflow} stain-agreement --hscores {input.hscores:q}"
+        " --settings {input.settings:q}"
+        " --out {output.agreement:q} --details {output.details:q}"
+        " --bland-altman {output.bland_altman:q} --scatter {output.scatter:q} > {log:q} 2>&1"

@@ -26,11 +26,11 @@ rule survival_features:
         pastflow=PASTFLOW,
         out=lambda wildcards, output: Path(output.features).parent,
     shell:
-        "OMP_NUM_THREADS={threads} {params.pastflow} survival-features"
-        " --settings {input.settings} --sheet {input.sheet:q} --clinical {input.clinical:q}"
-        " --embeddings {input.embeddings} --predictions {input.predictions}"
-        " --hscores {input.hscores} --gene-sets {input.gene_sets:q} --out-dir {params.out}"
-        " > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} {params.pastflow} survival-features"
+        " --settings {input.settings:q} --sheet {input.sheet:q}"
+        " --clinical {input.clinical:q} --embeddings {input.embeddings:q}"
+        " --predictions {input.predictions:q} --hscores {input.hscores:q}"
+        " --gene-sets {input.gene_sets:q} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule survival:
@@ -64,9 +64,10 @@ rule survival:
         out=lambda wildcards, output: Path(output.cindex).parent,
         truth=survival_options,
     shell:
-        "OMP_NUM_THREADS={threads} {params.pastflow} survival --settings {input.settings}"
-        " --features {input.features} --outcomes {input.outcomes} --cells {input.cells}"
-        " {params.truth} --out-dir {params.out} --no-progress > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} {params.pastflow} survival"
+        " --settings {input.settings:q} --features {input.features:q}"
+        " --outcomes {input.outcomes:q} --cells {input.cells:q} {params.truth}"
+        " --out-dir {params.out:q} --no-progress > {log:q} 2>&1"
 
 
 rule survival_figures:
@@ -96,7 +97,7 @@ rule survival_figures:
             caption="../report/survival_forest.rst",
             category="5. Survival",
             subcategory="final model",
-            labels={"figure": "forest plot of the combined model"},
+            labels={"figure": "forest plots: clinical baseline, combined model"},
         ),
         td_auc=report(
             f"{SURVIVAL}/td_auc.png",
@@ -115,6 +116,7 @@ rule survival_figures:
         pastflow=PASTFLOW,
         out=lambda wildcards, output: Path(output.km).parent,
     shell:
-        "{params.pastflow} survival-figures --cindex {input.cindex} --models {input.models}"
-        " --risk {input.risk} --coefficients {input.coefficients} --td-auc {input.td_auc}"
-        " --out-dir {params.out} > {log} 2>&1"
+        "{params.pastflow} survival-figures --cindex {input.cindex:q}"
+        " --models {input.models:q} --risk {input.risk:q}"
+        " --coefficients {input.coefficients:q} --td-auc {input.td_auc:q}"
+        " --out-dir {params.out:q} > {log:q} 2>&1"

@@ -29,7 +29,14 @@ log = logging.getLogger(__name__)
 
 # Fewer than this fraction of cells on the H&E means the coordinates or the alignment are wrong.
 MIN_FRACTION_IN_IMAGE = 0.5
-# Two estimates of the H&E resolution further apart than this are reported.
+# Cells whose bounding box spans less than this fraction of the H&E's width and of its height
+# collapsed into a corner: a transform in the wrong unit (x1000, microns for pixels). A real
+# section on a whole-slide scan spans a few % of it at the least.
+MIN_SPREAD_FRACTION = 0.005
+MIN_UNITS_FOR_SPREAD = 10  # fewer cells or spots may legitimately sit close together
+# Two estimates of the H&E resolution further apart than this factor are an error: one of them
+# is in the wrong unit (closer ones are only reported, above MPP_TOLERANCE).
+MAX_MPP_DISAGREEMENT = 1.5
 
 
 @dataclass
@@ -142,15 +149,37 @@ def check_in_image(xy_px: np.ndarray, size: tuple[int, int], source: str | Path,
     """
     inside = in_image(xy_px, size)
     n_out = int((~inside).sum())
-    if len(xy_px) and inside.mean() < MIN_FRACTION_IN_IMAGE:
+    if len(xy_px):
         lo, hi = xy_px.min(axis=0), xy_px.max(axis=0)
         span = f"x {lo[0]:.0f}..{hi[0]:.0f}, y {lo[1]:.0f}..{hi[1]:.0f} px"
+    if len(xy_px) and inside.mean() < MIN_FRACTION_IN_IMAGE:
         raise InputError(source, f"{n_out} of {len(xy_px)} {what} map outside the {size[0]} x {size[1]} px "
                                  f"H&E (they span {span}): wrong image, coordinates or alignment.{hint}")
+    extent = hi - lo if len(xy_px) else np.zeros(2)
+    if len(xy_px) >= MIN_UNITS_FOR_SPREAD and np.all(extent < MIN_SPREAD_FRACTION * np.asarray(size)):
+        raise InputError(source, f"all {len(xy_px)} {what} fall within {extent[0]:.1f} x "
+                                 f"{extent[1]:.1f} px ({span}) of the {size[0]} x {size[1]} px "
+                                 f"H&E, less than {MIN_SPREAD_FRACTION:.1%} of its width and "
+                                 "height: the transform is in the wrong unit (e.g. scaled "
+                                 f"x1000, or microns where pixels are expected).{hint}")
     if n_out:
         log.warning("%d of %d %s lie outside the H&E (kept; the patches stage flags them)", n_out,
                     len(xy_px), what)
     return n_out
+
+
+def check_derived_mpp(derived_mpp: float, source: str | Path, derived_from: str) -> float:
+    """A resolution derived from vendor geometry (an alignment matrix, a spot size or pitch):
+    :class:`InputError` naming ``source`` unless it is a plausible scan resolution."""
+    from pastflow.slide import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
+
+    if not (np.isfinite(derived_mpp) and MIN_PLAUSIBLE_MPP <= derived_mpp <= MAX_PLAUSIBLE_MPP):
+        raise InputError(source, f"the {derived_from} gives {derived_mpp:.4g} um per H&E pixel, "
+                                 f"outside any scan's {MIN_PLAUSIBLE_MPP}..{MAX_PLAUSIBLE_MPP}: "
+                                 f"the {derived_from} is likely in the wrong unit (e.g. scaled "
+                                 "x1000, or microns where pixels are expected), or pairs with "
+                                 "another image")
+    return float(derived_mpp)
 
 
 def choose_mpp(file_mpp: float | None, derived_mpp: float | None, source: str | Path,
@@ -159,7 +188,30 @@ def choose_mpp(file_mpp: float | None, derived_mpp: float | None, source: str | 
 
     Returns ``(mpp, where it came from)``; warns when both exist and disagree by more than
     :data:`pastflow.contracts.MPP_TOLERANCE`.
+
+    Raises:
+        InputError (naming ``source``): the derived resolution is not a plausible scan's
+            (:func:`check_derived_mpp`), or the two disagree by more than a factor
+            :data:`MAX_MPP_DISAGREEMENT`: cells would be placed at one scale and cut at
+            another. The message says which is likely wrong.
     """
+    if derived_mpp is not None:
+        from pastflow.slide import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
+
+        plausible = (np.isfinite(derived_mpp)
+                     and MIN_PLAUSIBLE_MPP <= derived_mpp <= MAX_PLAUSIBLE_MPP)
+        if file_mpp and not (1 / MAX_MPP_DISAGREEMENT <= derived_mpp / file_mpp
+                             <= MAX_MPP_DISAGREEMENT):
+            culprit = (f"the {derived_from} is likely in the wrong unit (e.g. scaled x1000, or "
+                       "microns where pixels are expected)" if not plausible else
+                       f"either the image's resolution metadata or the {derived_from} is "
+                       "wrong (or the image is another scan or a resampled copy)")
+            raise InputError(source, f"the {derived_from} gives {derived_mpp:.4g} um per H&E "
+                                     f"pixel but the image records {file_mpp:.4g} um/px "
+                                     f"({max(derived_mpp / file_mpp, file_mpp / derived_mpp):,.1f}"
+                                     f"x apart): {culprit}")
+        if not file_mpp:
+            check_derived_mpp(derived_mpp, source, derived_from)
     if file_mpp and derived_mpp and abs(file_mpp / derived_mpp - 1) > MPP_TOLERANCE:
         log.warning("%s: the image says %.4f um/px but the %s gives %.4f um/px; using the image's",
                     source, file_mpp, derived_from, derived_mpp)

@@ -32,11 +32,12 @@ NO_MPP_FIX = ("give it in the sample sheet column mpp (this slide) or the config
 
 
 def read_he_only(image: str | Path, mpp: float | None = None, *, target_mpp: float = TARGET_MPP,
-                 progress: bool = True) -> SampleParts:
+                 progress: bool = True, max_area_mm2: float | None = None) -> SampleParts:
     """Detect the nuclei of the slide at ``image``; each is a cell (id ``nucleus_0000001``, ...).
 
     ``mpp``: microns per level-0 pixel when the file records none (``mpp_source``
-    :data:`GIVEN_MPP`).
+    :data:`GIVEN_MPP`). ``max_area_mm2``: larger slides are refused before detection
+    (config key ``ingest.max_detection_mm2``).
 
     Raises:
         InputError: unreadable or blank slide, no resolution, or no nucleus found.
@@ -54,7 +55,8 @@ def read_he_only(image: str | Path, mpp: float | None = None, *, target_mpp: flo
             mpp_value, mpp_source = float(mpp), GIVEN_MPP
         else:
             raise InputError(image, f"the slide records no microns per pixel; {NO_MPP_FIX}")
-        nuclei = detect_nuclei(slide, mpp_value, target_mpp=target_mpp, progress=progress)
+        nuclei = detect_nuclei(slide, mpp_value, target_mpp=target_mpp, progress=progress,
+                               max_area_mm2=max_area_mm2)
     if nuclei.empty:
         raise InputError(image, "no nuclei found on the slide (blank, out of focus, or not an H&E?)")
     xy = nuclei[["x_px", "y_px"]].to_numpy(np.float64)

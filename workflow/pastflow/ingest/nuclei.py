@@ -231,8 +231,27 @@ class NucleusTile:
         return (level + 0.5) * self.level_downsample - 0.5
 
 
+def check_detection_area(slide: Slide, mpp: float, max_area_mm2: float | None) -> float:
+    """The slide's level-0 area in mm^2; :class:`InputError` above ``max_area_mm2`` (config key
+    ``ingest.max_detection_mm2``; None = no budget), before a single tile is read.
+
+    Detection time grows with the area (every tile is read, glass included), so an absurd
+    declared size or a wrong mpp would otherwise run for hours before failing or finishing.
+    """
+    width, height = slide.level_dimensions[0]
+    area_mm2 = width * height * mpp**2 / 1e6
+    if max_area_mm2 is not None and area_mm2 > max_area_mm2:
+        raise InputError(slide.path, f"nucleus detection over {area_mm2:,.0f} mm^2 ({width} x "
+                                     f"{height} px at {mpp:.4g} um/px) exceeds config key "
+                                     f"ingest.max_detection_mm2 = {max_area_mm2:,g} mm^2 (a 25 x "
+                                     "75 mm glass slide is 1,875 mm^2): check the slide's size "
+                                     "and resolution (mpp), or raise the key")
+    return area_mm2
+
+
 def iter_nucleus_tiles(slide: Slide, mpp: float, *, target_mpp: float = TARGET_MPP,
-                       tile_px: int = TILE_PX, progress: bool = True) -> Iterator[NucleusTile]:
+                       tile_px: int = TILE_PX, progress: bool = True,
+                       max_area_mm2: float | None = None) -> Iterator[NucleusTile]:
     """Segment the whole slide tile by tile; yield each tile's kept nuclei (:class:`NucleusTile`).
 
     Tiles come row by row; glass-only tiles are skipped. Every nucleus is kept by exactly one
@@ -240,11 +259,13 @@ def iter_nucleus_tiles(slide: Slide, mpp: float, *, target_mpp: float = TARGET_M
     :data:`MIN_AREA_UM2` and :data:`MAX_AREA_UM2`. Memory holds one tile at a time.
 
     Raises:
-        InputError: the slide has no usable resolution.
+        InputError: the slide has no usable resolution, or is larger than ``max_area_mm2``
+            (:func:`check_detection_area`).
     """
-    if not mpp or mpp <= 0:
+    if not mpp or not math.isfinite(mpp) or mpp <= 0:
         raise InputError(slide.path, "nucleus detection needs the slide's microns per pixel; give "
                                      "it in the sample sheet column mpp or the config key ingest.mpp")
+    check_detection_area(slide, mpp, max_area_mm2)
     grid = plan_detection(slide, mpp, target_mpp, tile_px)
     threshold = estimate_threshold(slide, grid)
     log.info("%s: detecting nuclei on level %d (%.3f um/px, /%d -> %.3f um/px), %d tiles, "
@@ -280,7 +301,7 @@ def _label_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def detect_nuclei(slide: Slide, mpp: float, *, target_mpp: float = TARGET_MPP, tile_px: int = TILE_PX,
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True, max_area_mm2: float | None = None) -> pd.DataFrame:
     """Find nuclei on the whole slide.
 
     Args:
@@ -288,17 +309,18 @@ def detect_nuclei(slide: Slide, mpp: float, *, target_mpp: float = TARGET_MPP, t
         mpp: microns per level-0 pixel.
         target_mpp: working resolution (the nearest level is used, block-averaged to it).
         tile_px: tile core side in working pixels (memory ~ 40 bytes x (tile_px + halo)^2).
+        max_area_mm2: refuse a larger slide up-front (:func:`check_detection_area`).
 
     Returns:
         DataFrame, one row per nucleus: ``x_px, y_px`` (centroid in level-0 pixels, pixel-centre
         convention) and ``area_um2``, ordered top to bottom by tile then by label.
 
     Raises:
-        InputError: the slide has no usable resolution.
+        InputError: the slide has no usable resolution, or is too large.
     """
     found_xy, found_area = [], []
     for tile in iter_nucleus_tiles(slide, mpp, target_mpp=target_mpp, tile_px=tile_px,
-                                   progress=progress):
+                                   progress=progress, max_area_mm2=max_area_mm2):
         found_xy.append(tile.xy)
         found_area.append(tile.area_um2)
     xy = np.concatenate(found_xy) if found_xy else np.zeros((0, 2))

@@ -16,6 +16,7 @@ from pastflow.ingest.common import (SampleParts, build_sdata, build_table, check
 from pastflow.ingest.he_image import export_ome_tiff, he_image_element
 from pastflow.ingest.he_only import GIVEN_MPP
 from pastflow.ingest.settings import IngestSettings
+from pastflow.slide import check_slide_before_decoding
 from pastflow.technologies import technology as lookup_technology
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ def ingest_sample(sample: str, patient: str, technology: str, out: str | Path, *
     start = time.perf_counter()
     out = Path(out)
     paths = check_inputs(technology, _as_path(data), _as_path(image), _as_path(alignment))
+    if paths["image"] is not None:  # a bomb is refused from its header, before any decoding
+        check_slide_before_decoding(paths["image"], settings.max_jpeg_png_px)
     mpp = settings.mpp if sheet_mpp is None else sheet_mpp
     entry = lookup_technology(technology)
     parts = entry.read(paths, sample, mpp, settings, progress)

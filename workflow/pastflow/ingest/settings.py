@@ -38,9 +38,19 @@ class IngestSettings(Settings):
     """Reading vendor data into one SpatialData zarr per sample."""
 
     mpp: float | None = setting(None, "level-0 microns per pixel for H&E files that do not "
-                                      "record it (JPEG/PNG slides)", exclusive_minimum=0)
+                                      "record it (JPEG/PNG slides)", exclusive_minimum=0,
+                                maximum=100)
     max_image_px: int = setting(8192, "H&Es larger than this (px a side) are stored "
                                       "downsampled in the zarr; patches read the original "
                                       "slide", minimum=256)
+    max_jpeg_png_px: int = setting(1_000_000_000, "JPEG/PNG slides declaring more pixels "
+                                                  "(width x height) are refused before decoding "
+                                                  "(they are decoded whole, 3 bytes a pixel)",
+                                   minimum=1)
+    max_detection_mm2: float = setting(2000.0, "nucleus detection (he_only, Visium HD cells) "
+                                               "refuses a slide whose level-0 area is larger "
+                                               "(mm^2; a 25 x 75 mm glass slide is 1,875): a "
+                                               "wrong mpp or size, stopped before hours of "
+                                               "tiles", exclusive_minimum=0)
     visium_hd: VisiumHDSettings = setting(VisiumHDSettings(), "Visium HD: cells or bins")
     hest: HestSettings = setting(HestSettings(), "HEST-1k samples (technology hest)")

@@ -73,13 +73,15 @@ def bin_grid_microns(array_row: np.ndarray, array_col: np.ndarray, bin_um: float
 
 def read_visium_hd(outs: str | Path, image: str | Path, sample: str,
                    settings: VisiumHDSettings = VisiumHDSettings(), mpp: float | None = None,
-                   progress: bool = True) -> SampleParts:
+                   progress: bool = True, max_detection_mm2: float | None = None) -> SampleParts:
     """A Space Ranger HD ``outs/`` folder with its H&E: cells from 2 um bins when there are
-    some and ``settings.cells``, else bins as spots (``mpp``: last-resort H&E resolution)."""
+    some and ``settings.cells``, else bins as spots (``mpp``: last-resort H&E resolution;
+    ``max_detection_mm2``: the nucleus detection's area budget, ``ingest.max_detection_mm2``)."""
     outs, image = Path(outs), Path(image)
     if settings.cells:
         if bin_folder(outs, CELL_BIN_UM).is_dir():
-            parts = read_visium_hd_cells(outs, image, settings, mpp=mpp, progress=progress)
+            parts = read_visium_hd_cells(outs, image, settings, mpp=mpp, progress=progress,
+                                         max_detection_mm2=max_detection_mm2)
             if parts is not None:
                 return parts
         else:
@@ -243,7 +245,8 @@ class BinCells:
 
 
 def segment_bin_cells(outs: Path, image: Path, expand_um: float, mpp: float | None = None,
-                      progress: bool = True) -> BinCells | None:
+                      progress: bool = True,
+                      max_detection_mm2: float | None = None) -> BinCells | None:
     """Nuclei segmented on the H&E, painted on the 2 um bin grid and grown by ``expand_um``.
 
     Returns None when the H&E is too coarse to segment or shows no nucleus over the bins.
@@ -263,8 +266,9 @@ def segment_bin_cells(outs: Path, image: Path, expand_um: float, mpp: float | No
         return None
     grid_to_he = reg.vendor_to_he @ grid_to_microns(CELL_BIN_UM)
     with open_slide(image) as slide:
-        nuclei, n_labels = paint_nuclei(iter_nucleus_tiles(slide, reg.mpp, progress=progress),
-                                        shape, grid_to_he)
+        tiles = iter_nucleus_tiles(slide, reg.mpp, progress=progress,
+                                   max_area_mm2=max_detection_mm2)
+        nuclei, n_labels = paint_nuclei(tiles, shape, grid_to_he)
     if not nuclei.any():
         log.warning("%s: no nucleus found over the bins: reading bins as spots", image)
         return None
@@ -273,7 +277,8 @@ def segment_bin_cells(outs: Path, image: Path, expand_um: float, mpp: float | No
 
 
 def read_visium_hd_cells(outs: Path, image: Path, settings: VisiumHDSettings,
-                         mpp: float | None = None, progress: bool = True) -> SampleParts | None:
+                         mpp: float | None = None, progress: bool = True,
+                         max_detection_mm2: float | None = None) -> SampleParts | None:
     """Cells from the 2 um bins (:func:`segment_bin_cells`), each the sum of its bins' counts.
 
     Cell ids are ``hdcell_`` + the label on the grid. Returns None (the caller reads bins as
@@ -282,7 +287,8 @@ def read_visium_hd_cells(outs: Path, image: Path, settings: VisiumHDSettings,
     """
     bin_dir = bin_folder(outs, CELL_BIN_UM)
     with FeatureBarcodeH5(bin_dir / "filtered_feature_bc_matrix.h5") as matrix:
-        grid = segment_bin_cells(outs, image, settings.expand_um, mpp, progress)
+        grid = segment_bin_cells(outs, image, settings.expand_um, mpp, progress,
+                                 max_detection_mm2)
         if grid is None:
             return None
         chunks = read_bin_chunks(matrix, grid.cells.shape, grid.positions, progress)

@@ -110,9 +110,15 @@ def read_xenium(bundle: str | Path, image: str | Path, alignment: str | Path) ->
     xy_um = np.asarray(table.obsm["spatial"], dtype=np.float64)
     with open_slide(image) as slide:
         file_mpp, size = slide.mpp, slide.level_dimensions[0]
-    check_in_image(apply_affine(vendor_to_he, xy_um), size, alignment,
-                   hint=misalignment_hint(xy_um, matrix, pixel_size, size))
-    mpp, mpp_source = choose_mpp(file_mpp, 1 / affine_scale(vendor_to_he), image, "alignment matrix")
+    # The matrix maps microns to H&E pixels, so its scale is 1 / the H&E's mpp: checked first,
+    # as a matrix in the wrong unit (x1000) still puts every cell "on" the image, in a corner.
+    hint = misalignment_hint(xy_um, matrix, pixel_size, size, file_mpp)
+    try:
+        mpp, mpp_source = choose_mpp(file_mpp, 1 / affine_scale(vendor_to_he), alignment,
+                                     "alignment matrix")
+    except InputError as err:
+        raise InputError(err.path, err.problem + hint) from None
+    check_in_image(apply_affine(vendor_to_he, xy_um), size, alignment, hint=hint)
     obs = table.obs[[c for c in KEEP_OBS if c in table.obs.columns]]
     radius = (np.sqrt(table.obs["cell_area"].to_numpy(np.float64) / np.pi)
               if "cell_area" in table.obs else None)
@@ -127,15 +133,21 @@ def read_xenium(bundle: str | Path, image: str | Path, alignment: str | Path) ->
 
 
 def misalignment_hint(xy_um: np.ndarray, matrix: np.ndarray, pixel_size: float,
-                      size: tuple[int, int]) -> str:
+                      size: tuple[int, int], file_mpp: float | None = None) -> str:
     """A sentence for the error when the alignment misses the H&E, if a known mix-up explains it.
 
-    The usual one: a matrix to Xenium microns instead of morphology pixels.
+    The usual one: a matrix to Xenium microns instead of morphology pixels. It explains the
+    data when, read that way, the cells land on the H&E at a resolution that fits the image's
+    (``file_mpp``, or any plausible scan's when the file records none).
     """
-    from pastflow.ingest.common import MIN_FRACTION_IN_IMAGE, in_image
+    from pastflow.ingest.common import MAX_MPP_DISAGREEMENT, MIN_FRACTION_IN_IMAGE, in_image
+    from pastflow.slide import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 
     as_microns = apply_affine(np.linalg.inv(matrix), xy_um)
-    if len(xy_um) and in_image(as_microns, size).mean() >= MIN_FRACTION_IN_IMAGE:
+    mpp_if_microns = affine_scale(matrix)  # H&E px -> microns: its scale is the H&E's mpp
+    fits = (MIN_PLAUSIBLE_MPP <= mpp_if_microns <= MAX_PLAUSIBLE_MPP if not file_mpp else
+            1 / MAX_MPP_DISAGREEMENT <= mpp_if_microns / file_mpp <= MAX_MPP_DISAGREEMENT)
+    if len(xy_um) and fits and in_image(as_microns, size).mean() >= MIN_FRACTION_IN_IMAGE:
         return (" The matrix fits if it maps H&E pixels to Xenium microns instead of morphology "
                 f"pixels of {pixel_size} um: multiply its first two rows by 1/{pixel_size}.")
     return ""

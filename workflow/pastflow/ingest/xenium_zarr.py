@@ -30,7 +30,8 @@ import pandas as pd
 from scipy import sparse
 
 from pastflow.errors import InputError
-from pastflow.ingest.common import SampleParts, affine_scale, apply_affine, check_affine, check_in_image
+from pastflow.ingest.common import (SampleParts, affine_scale, apply_affine, check_affine,
+                                    check_derived_mpp, check_in_image)
 from pastflow.ingest.xenium import CELL_DIAMETER_UM, KEEP_OBS
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ def read_xenium_zarr(path: str | Path) -> SampleParts:
     levels = _levels(sdata.images[image_name])
     _, height, width = levels[0].shape
     xy_um = np.asarray(table.obsm["spatial"], dtype=np.float64)
+    check_derived_mpp(1 / affine_scale(vendor_to_he), path, f"registration of images/{image_name}")
     check_in_image(apply_affine(vendor_to_he, xy_um), (width, height), path)
     obs = table.obs[[c for c in KEEP_OBS if c in table.obs.columns]].copy()
     if controls is not None:

@@ -62,11 +62,15 @@ class Checkpoint:
     # Per training sample: id and fingerprints of its store and table (models.provenance);
     # None for checkpoints written before pastflow recorded them.
     training_data: list | None = None
+    # The validation samples (``data``, as training_data) and, in a final model, the step and
+    # loss it was chosen at (models.validation); None when the run had no val samples.
+    validation: dict | None = None
 
 
 def save_checkpoint(path: str | Path, model: PastModel, config: dict, *, step: int,
                     training: dict | None = None, tensors: dict | None = None,
-                    training_data: list | None = None) -> Path:
+                    training_data: list | None = None,
+                    validation: dict | None = None) -> Path:
     """Write checkpoint directory ``path`` atomically and return it.
 
     Args:
@@ -78,13 +82,16 @@ def save_checkpoint(path: str | Path, model: PastModel, config: dict, *, step: i
         tensors: its tensors (optimizer moments, RNG states...), saved beside the model.
         training_data: what the model was trained on (:func:`pastflow.models.provenance.
             training_data`).
+        validation: ``{"data": ...}`` of the val samples (same form), plus, in a final
+            model, ``best_step``, ``best_loss``, ``steps_trained``, ``stopped_early``.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     document = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "pastflow_version": __version__, "step": int(step), "config": config,
-                "training": training, "training_data": training_data}
+                "training": training, "training_data": training_data,
+                "validation": validation}
     text = json.dumps(document, indent=1)  # before writing: a non-JSON value fails here
     # safetensors refuses tensors sharing memory; a state dict may hold such views.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -185,7 +192,7 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None,
             (naming the file and the key); a pickled file ("holds pickled code").
     """
     path = Path(path)
-    training, tensors, step, training_data = None, {}, 0, None
+    training, tensors, step, training_data, validation = None, {}, 0, None, None
     if path.is_dir():
         document = read_checkpoint_config(path)
         stored = document["config"]
@@ -193,6 +200,7 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None,
             check_resumable(stored, config, path / CONFIG_FILE)
         config, step, training = stored, int(document["step"]), document.get("training")
         training_data = document.get("training_data")
+        validation = document.get("validation")
         weights_file = path / MODEL_FILE
         if training is not None:
             tensors = read_state_dict(path / STATE_FILE) if (path / STATE_FILE).is_file() else {}
@@ -207,7 +215,7 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None,
     check_state_dict(model, state, weights_file)
     model.load_state_dict(state)
     model.to(device).eval()
-    return Checkpoint(model, config, step, path, training, tensors, training_data)
+    return Checkpoint(model, config, step, path, training, tensors, training_data, validation)
 
 
 def check_state_dict(model: torch.nn.Module, state: dict, source: str | Path) -> None:
@@ -246,7 +254,9 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def prune_checkpoints(root: str | Path, keep: int) -> None:
-    """Remove all but the ``keep`` most recent checkpoints under ``root``."""
+def prune_checkpoints(root: str | Path, keep: int, protect: int | None = None) -> None:
+    """Remove all but the ``keep`` most recent checkpoints under ``root``, and the one of step
+    ``protect`` (the lowest validation loss so far: the model a run ends with)."""
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if protect is None or int(STEP_DIR.match(old.name).group(1)) != protect:
+            shutil.rmtree(old, ignore_errors=True)

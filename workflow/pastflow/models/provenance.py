@@ -6,7 +6,8 @@ resumes a checkpoint only when the training data are the same; embed and predict
 score, as held out, a sample the model was trained on.
 
 Each row also records the unit the sample measures (cell or spot, its diameter and patch
-side), so a checkpoint says at which units it learned.
+side), so a checkpoint says at which units it learned, and the QC table's normalisation
+target (``qc_target_sum``, :mod:`pastflow.qc.scale`): the log1p scale its expression is on.
 
 A fingerprint is cheap and content-based: a hash of the file's size and of its first and
 last MiB (HDF5 headers and the newest data sit there), not of the whole file.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pastflow.errors import InputError
+from pastflow.qc.scale import table_target_sum
 
 _CHUNK = 1 << 20
 
@@ -51,10 +53,11 @@ def store_unit(store: str | Path) -> dict:
 
 
 def training_data(stores: Sequence[str | Path], tables: Sequence[str | Path]) -> list[dict]:
-    """``[{sample, store, table, unit, unit_diameter_um, patch_um}]``, one per training sample,
-    by sample id: fingerprints of its files and the unit its rows measure."""
+    """``[{sample, store, table, unit, unit_diameter_um, patch_um, qc_target_sum}]``, one per
+    training sample, by sample id: fingerprints of its files, the unit its rows measure and the
+    scale of its expression (None: a table scaled to its own median depth)."""
     rows = [{"sample": Path(store).stem, "store": fingerprint(store), "table": fingerprint(table),
-             **store_unit(store)}
+             **store_unit(store), "qc_target_sum": table_target_sum(table)}
             for store, table in zip(stores, tables)]
     return sorted(rows, key=lambda row: row["sample"])
 

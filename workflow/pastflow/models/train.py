@@ -15,10 +15,17 @@
   epoch. Augmentations are seeded by (seed, epoch, cell), so the resumed run's final weights
   equal an uninterrupted run's.
 
-Outputs under ``out_dir``: ``checkpoints/step_*/`` (the newest ``train.keep_checkpoints``),
-``model/`` (the final model: ``model.safetensors`` + ``config.json``), ``metrics.tsv`` (one row
-per step: total loss, each part, learning rate, temperature), ``training_curves.png`` and
-``pathway_coverage.tsv`` (per sample and gene set: member genes measured, kept or not).
+- With validation samples (the sheet's ``val`` split, never trained on): the validation loss
+  at every regular checkpoint (:mod:`pastflow.models.validation`); the model written is the
+  checkpoint of the lowest one, and training stops after ``train.early_stopping_patience``
+  checkpoints without a lower one. Without them: the training loss only, the last checkpoint.
+
+Outputs under ``out_dir``: ``checkpoints/step_*/`` (the newest ``train.keep_checkpoints``, and
+the one of the lowest validation loss), ``model/`` (the final model: ``model.safetensors`` +
+``config.json``), ``metrics.tsv`` (one row per step: total loss, each part, learning rate,
+temperature; ``val_loss`` and ``val_<part>`` at the validated steps, empty at the others),
+``training_curves.png`` and ``pathway_coverage.tsv`` (per sample and gene set: member genes
+measured, kept or not).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from pastflow.models.data import ResumableBatchSampler, dataset_from_config, mak
 from pastflow.models.distributed import DistContext, init_distributed, shutdown_distributed
 from pastflow.models.model import PastModel
 from pastflow.models.provenance import describe_change, training_data
+from pastflow.models.validation import (VAL_PREFIX, stale_checkpoints, validation_loss,
+                                        validation_set)
 from pastflow.models.serialize import (optimizer_from_state, optimizer_to_state, rng_from_state,
                                        rng_to_state, scheduler_from_state, scheduler_to_state)
 from pastflow.models.weights import read_state_dict
@@ -68,6 +77,7 @@ class TrainResult:
     history: pd.DataFrame
     config: dict
     out_dir: Path
+    best_step: int | None = None  # the step of the model written, with validation samples
 
 
 class StopRequest:
@@ -123,15 +133,18 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 class _Run:
-    """The state a checkpoint holds, and how to save and restore it."""
+    """The state a checkpoint holds, and how to save and restore it. The validation history
+    is part of it: the best checkpoint and early stopping follow from it on resume."""
 
     def __init__(self, config: dict, model: PastModel, optimizer, scheduler, context: DistContext,
-                 data: list[dict]):
+                 data: list[dict], validation_data: list[dict] | None = None):
         self.config, self.model, self.optimizer, self.scheduler = config, model, optimizer, scheduler
-        self.context, self.data = context, data
+        self.context, self.data, self.validation_data = context, data, validation_data
         self.step = self.epoch = self.batches_done = 0
         self.history: list[list[float]] = []
         self.columns: list[str] = []
+        self.validation: list[list[float]] = []  # one row per validated step
+        self.val_columns: list[str] = []
 
     def save(self, root: Path) -> None:
         # Every rank's RNG state travels to rank 0, so that each rank resumes its own stream.
@@ -145,13 +158,18 @@ class _Run:
             tensors.update({f"rank{rank}.{k}": v for k, v in rng_tensors.items()})
         tensors["history"] = torch.tensor(self.history, dtype=torch.float64).reshape(
             len(self.history), len(self.columns))
+        if self.validation:
+            tensors["validation"] = torch.tensor(self.validation, dtype=torch.float64)
         training = {"epoch": self.epoch, "batches_done": self.batches_done,
                     "world_size": self.context.world_size, "scheduler": scheduler_to_state(self.scheduler),
-                    "optimizer": optimizer_meta, "rng": rng_meta, "history_columns": self.columns}
+                    "optimizer": optimizer_meta, "rng": rng_meta, "history_columns": self.columns,
+                    "validation_columns": self.val_columns}
+        validation = None if self.validation_data is None else {"data": self.validation_data}
         ckpt.save_checkpoint(ckpt.checkpoint_dir(root, self.step), self.model, self.config,
                              step=self.step, training=training, tensors=tensors,
-                             training_data=self.data)
-        ckpt.prune_checkpoints(root, int(self.config["train"]["keep_checkpoints"]))
+                             training_data=self.data, validation=validation)
+        ckpt.prune_checkpoints(root, int(self.config["train"]["keep_checkpoints"]),
+                               protect=self.best_step())
 
     def restore(self, path: Path) -> None:
         document = ckpt.read_checkpoint_config(path)
@@ -178,6 +196,8 @@ class _Run:
         self.batches_done = int(training["batches_done"])
         self.columns = list(training["history_columns"])
         self.history = tensors["history"].tolist()
+        self.val_columns = list(training.get("validation_columns") or [])
+        self.validation = tensors["validation"].tolist() if "validation" in tensors else []
         log.info("resumed from %s: step %d, epoch %d, batch %d", path, self.step, self.epoch,
                  self.batches_done)
 
@@ -190,29 +210,63 @@ class _Run:
             self.columns = list(row)
         self.history.append([row.get(c, float("nan")) for c in self.columns])
 
+    def record_validation(self, losses: dict[str, float]) -> None:
+        row = {"step": self.step, **{f"{VAL_PREFIX}{k}": v for k, v in losses.items()}}
+        if not self.val_columns:
+            self.val_columns = list(row)
+        self.validation.append([row.get(c, float("nan")) for c in self.val_columns])
+
+    def val_losses(self) -> list[float]:
+        if not self.validation:
+            return []
+        column = self.val_columns.index(f"{VAL_PREFIX}loss")
+        return [row[column] for row in self.validation]
+
+    def best_step(self) -> int | None:
+        """The validated step of the lowest validation loss (None before any)."""
+        best, _ = stale_checkpoints(self.val_losses())
+        return None if best is None else int(self.validation[best][0])
+
+    def best_loss(self) -> float | None:
+        best, _ = stale_checkpoints(self.val_losses())
+        return None if best is None else self.val_losses()[best]
+
+    def stop_early(self, patience: int) -> bool:
+        """``patience`` (> 0) validations in a row without a lower validation loss."""
+        return patience > 0 and stale_checkpoints(self.val_losses())[1] >= patience
+
     def history_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.history, columns=self.columns)
         for column in ("step", "epoch"):
             if column in frame:
                 frame[column] = frame[column].astype(int)
+        if self.val_columns and "step" in frame:
+            validation = pd.DataFrame(self.validation, columns=self.val_columns)
+            validation["step"] = validation["step"].astype(int)
+            frame = frame.merge(validation, on="step", how="left")
         return frame
 
 
-def _prepare_config(config: dict, root: Path, data: list[dict],
+def _prepare_config(config: dict, root: Path, data: list[dict], validation_data: list | None,
                     context: DistContext) -> tuple[dict, Path | None]:
     """The run's config, or the newest checkpoint's when resuming (after checking they agree).
 
     A checkpoint of other training data (``data``: :func:`~pastflow.models.provenance.
     training_data`) is never resumed: the folder is moved aside and the run starts fresh, so a
     sample moved from train to test, or a rebuilt store, cannot leak into the new model.
+    Likewise other validation data: the validation history would not be this run's.
     """
     config = resolve_pretrain_config(config)
     latest = ckpt.latest_checkpoint(root)
     if latest is None:
         return config, None
     document = ckpt.read_checkpoint_config(latest)
-    if document.get("training_data") != data:
-        change = describe_change(document.get("training_data"), data)
+    validated_on = (document.get("validation") or {}).get("data")
+    if document.get("training_data") != data or validated_on != validation_data:
+        change = (describe_change(document.get("training_data"), data)
+                  if document.get("training_data") != data else
+                  "validation samples " + describe_change(validated_on or [],
+                                                          validation_data or []))
         aside = _aside(root)
         if context.is_main:
             root.rename(aside)
@@ -238,8 +292,13 @@ def _aside(root: Path) -> Path:
 
 
 def pretrain(config: dict, samples: Sequence[tuple[str | Path, str | Path]],
-             out_dir: str | Path, *, progress: bool = True) -> TrainResult:
+             out_dir: str | Path, *,
+             validation: Sequence[tuple[str | Path, str | Path]] = (),
+             progress: bool = True) -> TrainResult:
     """Pretrain a :class:`PastModel` on ``samples`` (``(patch store, QC table)`` pairs).
+
+    ``validation``: pairs of the held-out samples the validation loss is computed on (never
+    trained on); the model written is then the checkpoint of the lowest validation loss.
 
     ``config`` is a ``pretrain`` section (merged over the defaults of
     :class:`pastflow.pretrain.settings.PretrainSettings`). Resumes
@@ -252,16 +311,22 @@ def pretrain(config: dict, samples: Sequence[tuple[str | Path, str | Path]],
     root = out_dir / "checkpoints"
     context = init_distributed()
     try:
-        return _pretrain(config, samples, out_dir, root, context, progress)
+        return _pretrain(config, samples, validation, out_dir, root, context, progress)
     finally:
         shutdown_distributed(context)
 
 
-def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
+def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: DistContext,
               progress: bool) -> TrainResult:
     stores, tables = [s for s, _ in samples], [t for _, t in samples]
     data = training_data(stores, tables)
-    config, latest = _prepare_config(config, root, data, context)
+    val_stores, val_tables = [s for s, _ in validation], [t for _, t in validation]
+    validation_data = training_data(val_stores, val_tables) if validation else None
+    both = sorted({r["sample"] for r in data} & {r["sample"] for r in validation_data or []})
+    if both:
+        raise InputError(val_stores[0], f"sample {both[0]!r} is both a training and a "
+                                        "validation sample; a val sample is never trained on")
+    config, latest = _prepare_config(config, root, data, validation_data, context)
     train = config["train"]
     seed_everything(int(config["seed"]) + context.rank)
     dataset = dataset_from_config(config, stores, tables)
@@ -276,6 +341,15 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
                                     f"trained on {model_config['image_px']} px")
     else:
         check_resolution(model_config, mpp, source=stores[0], model_source=latest)
+    holdout = validation_set(config, val_stores, val_tables, dataset) if validation else None
+    if context.is_main:
+        if holdout is None:
+            log.info("no validation samples: training loss only; the model is the last "
+                     "checkpoint")
+        else:
+            log.info("validation: %d cells of %d samples, at every checkpoint; early stopping "
+                     "patience %s", holdout.n_cells, len(val_stores),
+                     train.get("early_stopping_patience") or "off")
     # Same initial weights on every rank (DDP also broadcasts rank 0's); then per-rank streams.
     torch.manual_seed(int(config["seed"]))
     # When resuming, the checkpoint holds every tensor: no need to read local foundation weights.
@@ -285,7 +359,7 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
                                   lr=float(train["lr"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
         int(train["warmup_steps"]), int(train["steps"]), float(train["min_lr_ratio"])))
-    run = _Run(config, model, optimizer, scheduler, context, data)
+    run = _Run(config, model, optimizer, scheduler, context, data, validation_data)
     if latest is not None:
         run.restore(latest)
     network = (DistributedDataParallel(model, device_ids=[context.device.index]
@@ -302,11 +376,13 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
                               enabled=context.device.type == "cuda")
     trainable = [p for p in model.parameters() if p.requires_grad]
     preempted, start = False, time.perf_counter()
+    # .get: a checkpoint written before validation existed resumes without validation.
+    patience = int(train.get("early_stopping_patience") or 0)
     from tqdm import tqdm
 
     with StopRequest() as stop, tqdm(total=steps, initial=run.step, unit="step", desc="pretrain",
                                      disable=not (progress and context.is_main)) as bar:
-        while run.step < steps and not preempted:
+        while run.step < steps and not preempted and not run.stop_early(patience):
             sampler.set_position(run.epoch, run.batches_done)
             dataset.set_epoch(run.epoch)
             loader = make_loader(dataset, sampler, int(train["num_workers"]),
@@ -326,24 +402,46 @@ def _pretrain(config, samples, out_dir: Path, root: Path, context: DistContext,
                     log.info("step %d/%d loss %.4f (%s)", run.step, steps, total.item(),
                              ", ".join(f"{k} {v.item():.4f}" for k, v in parts.items()))
                 preempted = context.any(stop.requested)
-                if preempted or run.step % int(train["checkpoint_every"]) == 0 or run.step == steps:
+                # Validated at the regular checkpoints only, not at a signal's: a resumed run
+                # validates at the steps an uninterrupted one does.
+                regular = run.step % int(train["checkpoint_every"]) == 0 or run.step == steps
+                if regular and holdout is not None:
+                    run.record_validation(validation_loss(model, holdout, context, autocast))
+                    if context.is_main:
+                        log.info("step %d validation loss %.4f (lowest at step %d)", run.step,
+                                 run.val_losses()[-1], run.best_step())
+                if preempted or regular:
                     run.save(root)
                     context.barrier()
-                if preempted or run.step >= steps:
+                if preempted or run.step >= steps or run.stop_early(patience):
                     break
             else:
                 run.epoch, run.batches_done = run.epoch + 1, 0
 
     history = run.history_frame()
+    best = run.best_step()
+    summary = None
+    if holdout is not None and not preempted:
+        stopped = run.step < steps
+        if context.is_main:
+            log.info("%s at step %d; the model is the checkpoint of step %d (validation loss "
+                     "%.4f)", "early stopping" if stopped else "trained", run.step, best,
+                     run.best_loss())
+        if best != run.step:
+            model.load_state_dict(read_state_dict(ckpt.checkpoint_dir(root, best) / ckpt.MODEL_FILE))
+        summary = {"data": validation_data, "best_step": best,
+                   "best_loss": run.best_loss(), "steps_trained": run.step,
+                   "stopped_early": stopped}
     if preempted:
         log.warning("stopped by a signal at step %d of %d; checkpoint saved, run again to resume",
                     run.step, steps)
     elif context.is_main:
-        _write_outputs(out_dir, model, config, run.step, history, dataset.coverage, data)
+        _write_outputs(out_dir, model, config, best or run.step, history, dataset.coverage, data,
+                       summary)
         log.info("pretrained %d steps in %.1f s -> %s", run.step, time.perf_counter() - start,
                  out_dir)
     context.barrier()
-    return TrainResult(model, run.step, preempted, history, config, out_dir)
+    return TrainResult(model, run.step, preempted, history, config, out_dir, best)
 
 
 def _train_step(network, model: PastModel, batch: dict, optimizer, scheduler, autocast,
@@ -364,15 +462,18 @@ def _train_step(network, model: PastModel, batch: dict, optimizer, scheduler, au
 
 
 def _write_outputs(out_dir: Path, model: PastModel, config: dict, step: int,
-                   history: pd.DataFrame, coverage: pd.DataFrame, data: list[dict]) -> None:
+                   history: pd.DataFrame, coverage: pd.DataFrame, data: list[dict],
+                   validation: dict | None = None) -> None:
     import matplotlib.pyplot as plt
 
-    ckpt.save_checkpoint(out_dir / "model", model, config, step=step, training_data=data)
+    ckpt.save_checkpoint(out_dir / "model", model, config, step=step, training_data=data,
+                         validation=validation)
     with atomic_path(out_dir / "metrics.tsv") as tmp:
         history.to_csv(tmp, sep="\t", index=False)
     with atomic_path(out_dir / "pathway_coverage.tsv") as tmp:
         coverage.to_csv(tmp, sep="\t", index=False)
     figure = plot_training_curves(history, out_dir / "training_curves.png",
+                                  best_step=None if validation is None else step,
                                   title=f"pretraining: {config['model']['image']['name']} + "
                                         f"{config['model']['expression']['name']}")
     plt.close(figure)

@@ -202,6 +202,7 @@ def build_patch_store(
             geometry.mpp,
         )
         out_path = Path(out_path)
+        check_free_space(out_path, geometry, len(cell_ids))
         with atomic_path(out_path) as tmp:
             unit_attrs = {"unit": unit, "unit_diameter_um": float(unit_diameter_um or 0.0)}
             image_offset = _create_layout(
@@ -238,6 +239,35 @@ def build_patch_store(
     )
     log.info("%s", stats.summary())
     return stats
+
+
+def store_bytes_estimate(geometry: StoreGeometry, n_cells: int) -> int:
+    """Bytes the store will take: its uncompressed image (margin included), the cell table
+    (ids, centres, flags: ~100 bytes a cell) and the tissue thumbnail (small)."""
+    width, height = geometry.padded_size
+    return 3 * width * height + 100 * n_cells + (1 << 20)
+
+
+def check_free_space(out_path: Path, geometry: StoreGeometry, n_cells: int) -> None:
+    """Refuse a store larger than the free space of its disk, with the true reason, before
+    writing (the write would otherwise fail midway with a bare "No space left on device")."""
+    import shutil
+
+    need = store_bytes_estimate(geometry, n_cells)
+    folder = out_path.parent
+    while not folder.exists() and folder != folder.parent:  # atomic_path creates it
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        width, height = geometry.padded_size
+        raise InputError(
+            out_path,
+            f"the patch store needs {need / 1e9:,.1f} GB (a {width:,} x {height:,} px RGB "
+            f"image at {geometry.mpp:.3g} um/px, {geometry.margin:,} px margin for "
+            f"{max(geometry.patch_px, geometry.context_px):,} px patches) but {folder} has "
+            f"{free / 1e9:,.1f} GB free; free space, or check patches.mpp, patches.patch_um "
+            "and patches.context_um",
+        )
 
 
 def default_workers() -> int:

@@ -8,14 +8,17 @@ atomically):
   ``mean_pearson_markers``, ``n_cells``, ``n_train_cells``, ``ci_low``, ``ci_high`` (95%
   bootstrap interval of ``mean_pearson_50`` over the sample's cells), ``genes`` (the
   selection: ``train_top``, the 50 most variable over the training cells, the headline; or
-  ``hest_test_top``, the 50 most variable on the test sample, the HEST convention);
+  ``hest_test_top``, the 50 most variable on the test sample, the HEST convention),
+  ``mean_offset`` (mean over the selection's genes of the predicted minus the measured mean
+  log1p level: 0 when prediction and measurement share a scale);
 - ``paired.tsv``: ``sample``, ``method`` (pastflow_head, pastflow_ridge), ``baseline``
   (random_encoder, mean_baseline, morphology_ridge), ``diff`` (method minus baseline, mean r
   over the ``train_top`` genes), ``ci_low``, ``ci_high`` (paired bootstrap);
 - ``per_gene.tsv``: ``sample``, ``method``, ``gene``, ``pearson_r``, ``variance_rank``,
   ``top`` (rank on, and among the top genes of, the test sample: ``hest_test_top``),
   ``marker``, ``train_rank``, ``train_top`` (the same over the training cells:
-  ``train_top``), ``ci_low``, ``ci_high`` (95% bootstrap interval of the gene's r);
+  ``train_top``), ``ci_low``, ``ci_high`` (95% bootstrap interval of the gene's r),
+  ``level_offset`` (the gene's mean predicted minus mean measured log1p level);
 - ``figures/{sample}/per_gene.png``, ``per_gene_intervals.png`` and ``maps.png`` per test
   sample (the first ``evaluate.figure_samples``).
 
@@ -142,12 +145,12 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
                      row.mean_pearson_markers)
     metrics_table = pd.concat(metrics, ignore_index=True)[
         ["sample", "method", "mean_pearson_50", "n_genes", "mean_pearson_markers", "n_cells",
-         "n_train_cells", "ci_low", "ci_high", "genes"]]
+         "n_train_cells", "ci_low", "ci_high", "genes", "mean_offset"]]
     paired_table = pd.concat(paired_frames, ignore_index=True)[
         ["sample", "method", "baseline", "diff", "ci_low", "ci_high"]]
     per_gene_table = pd.concat(per_gene_frames, ignore_index=True)[
         ["sample", "method", "gene", "pearson_r", "variance_rank", "top", "marker", "train_rank",
-         "train_top", "ci_low", "ci_high"]]
+         "train_top", "ci_low", "ci_high", "level_offset"]]
     for frame, path in ((metrics_table, out.metrics), (per_gene_table, out.per_gene),
                         (paired_table, out.paired)):
         _write_tsv(frame, path)

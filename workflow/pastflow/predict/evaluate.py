@@ -140,10 +140,14 @@ def pooled_variance(samples: Sequence[MeasuredSample], genes: Sequence[str]) -> 
 
 def score_genes(test: MeasuredSample, genes: Sequence[str],
                 predictions: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Long table ``method, gene, pearson_r`` for ``predictions`` (method -> ``(n, len(genes))``)."""
+    """Long table ``method, gene, pearson_r, level_offset`` for ``predictions`` (method ->
+    ``(n, len(genes))``); ``level_offset``: the gene's mean predicted minus mean measured
+    log1p level over the sample's cells (r ignores it; a slide on another scale shows here)."""
     measured = test.columns(genes)
     frames = [pd.DataFrame({"method": method, "gene": list(genes),
-                            "pearson_r": pearson_per_gene(measured, predicted)})
+                            "pearson_r": pearson_per_gene(measured, predicted),
+                            "level_offset": np.asarray(predicted, np.float64).mean(axis=0)
+                            - measured.mean(axis=0)})
               for method, predicted in predictions.items()]
     return pd.concat(frames, ignore_index=True)
 
@@ -261,8 +265,10 @@ def bootstrap_intervals(test: MeasuredSample, selections: dict[str, list[str]],
 
 def summarise(per_gene: pd.DataFrame) -> pd.DataFrame:
     """One row per method and gene selection (``genes``: ``train_top``, ``hest_test_top``):
-    mean r over the selection's genes (``mean_pearson_50``), their number, and the mean r over
-    the marker genes scored (NaN when none; the same for both selections)."""
+    mean r over the selection's genes (``mean_pearson_50``), their number, the mean r over
+    the marker genes scored (NaN when none; the same for both selections), and
+    ``mean_offset``, the mean over the selection's genes of ``level_offset`` (predicted minus
+    measured mean log1p level; NaN for a per-gene table without it)."""
     rows = []
     flags = {"train_top": "train_top", "hest_test_top": "top"}
     for method in METHODS:
@@ -276,7 +282,9 @@ def summarise(per_gene: pd.DataFrame) -> pd.DataFrame:
                          "mean_pearson_50": float(top["pearson_r"].mean()),
                          "n_genes": int(len(top)),
                          "mean_pearson_markers": float(markers["pearson_r"].mean())
-                         if len(markers) else np.nan})
+                         if len(markers) else np.nan,
+                         "mean_offset": float(top["level_offset"].mean())
+                         if "level_offset" in top else np.nan})
     return pd.DataFrame(rows)
 
 

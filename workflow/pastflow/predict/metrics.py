@@ -68,8 +68,24 @@ def highest_variance_genes(variance: np.ndarray, genes: Sequence[str], n: int = 
     return [genes[i] for i in order[:n]]
 
 
+def quadratic_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's kappa with quadratic weights between two raters' ordinal classes ``(n,)``
+    (e.g. IHC 0/1+/2+/3+ as 0..3): ``2 cov / (var_a + var_b + (mean_a - mean_b)^2)`` with
+    1/n moments, which equals ``1 - sum w_ij O_ij / sum w_ij E_ij`` for ``w_ij = (i - j)^2``.
+    NaN when undefined: both raters give one and the same class to every item."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    denominator = a.var() + b.var() + (a.mean() - b.mean()) ** 2
+    if denominator == 0:
+        return float("nan")
+    return float(2 * np.mean((a - a.mean()) * (b - b.mean())) / denominator)
+
+
+STATISTICS = ("pearson", "quadratic_kappa")
+
+
 def bootstrap_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
-                      n_boot: int, seed: int, chunk: int = 50) -> dict[str, np.ndarray]:
+                      n_boot: int, seed: int, chunk: int = 50,
+                      statistic: str = "pearson") -> dict[str, np.ndarray]:
     """Pearson r of every column, for each method, on ``n_boot`` resamples of the rows
     (cells or spots, drawn with replacement; the same draws for every method, so differences
     between methods are paired). Returns method -> ``float64 (n_boot, n_genes)``.
@@ -77,7 +93,12 @@ def bootstrap_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
     A resample is a row of counts ``w`` (how often each cell was drawn), so its moments are
     matrix products ``w @ x``: ``chunk`` resamples at a time, no copy of the data per draw.
     A column constant in a resample gets r = 0, as in :func:`pearson_per_gene`.
+
+    ``statistic="quadratic_kappa"``: :func:`quadratic_kappa` of ordinal classes instead, from
+    the same moments (0 in a resample where both sides are one and the same class).
     """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic {statistic!r} is not one of {', '.join(STATISTICS)}")
     measured = np.asarray(measured, np.float64)
     n = len(measured)
     rng = np.random.default_rng(seed)
@@ -94,6 +115,12 @@ def bootstrap_pearson(measured: np.ndarray, predictions: dict[str, np.ndarray],
             var_x, var_y = mxx - mx * mx, myy - my * my
             floor_x = (_CONSTANT_RTOL * np.abs(measured).max(axis=0)) ** 2
             floor_y = (_CONSTANT_RTOL * np.abs(predicted).max(axis=0)) ** 2
+            if statistic == "quadratic_kappa":
+                spread = var_x + var_y + (mx - my) ** 2
+                defined = spread > floor_x + floor_y  # not round-off of one shared class
+                kappa = 2 * (mxy - mx * my) / np.where(defined, spread, 1.0)
+                draws.append(np.clip(np.where(defined, kappa, 0.0), -1.0, 1.0))
+                continue
             varies = (var_x > floor_x) & (var_y > floor_y)
             r = np.where(varies, (mxy - mx * my) / np.sqrt(np.where(varies, var_x * var_y, 1.0)), 0.0)
             draws.append(np.clip(r, -1.0, 1.0))

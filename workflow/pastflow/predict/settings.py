@@ -13,8 +13,8 @@ class PredictSettings(Settings):
     """Expression predicted from the H&E by the trained head."""
 
     target_sum: float | None = setting(
-        None, "library scale of nb/poisson predictions (null = the sample's own median "
-              "depth, else 10,000)", exclusive_minimum=0)
+        None, "library scale of nb/poisson predictions (null = the library the model's "
+              "genes hold in the sample's QC table, else qc.target_sum)", exclusive_minimum=0)
 
 
 @dataclass(frozen=True)

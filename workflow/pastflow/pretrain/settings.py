@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pastflow.patches.settings import MAX_PATCH_PX
 from pastflow.settings import Settings, setting
 
 LIKELIHOODS = ("nb", "poisson", "mse")
@@ -24,8 +25,10 @@ class AugmentSettings(Settings):
     """Training-time patch augmentation."""
 
     hed_sigma: float = setting(0.05, "HED stain jitter (Tellez et al. 2018); 0 = off", minimum=0)
-    brightness: float = setting(0.0, "brightness jitter, +- fraction; 0 = off", minimum=0)
-    contrast: float = setting(0.0, "contrast jitter, +- fraction; 0 = off", minimum=0)
+    brightness: float = setting(0.0, "brightness jitter, +- fraction; 0 = off", minimum=0,
+                                maximum=1)
+    contrast: float = setting(0.0, "contrast jitter, +- fraction; 0 = off", minimum=0,
+                              maximum=1)
     flips: bool = setting(True, "random horizontal and vertical flips")
     rot90: bool = setting(True, "random 90-degree rotations")
 
@@ -35,7 +38,8 @@ class PretrainDataSettings(Settings):
     """Targets and inputs of pretraining."""
 
     patch_px: int | None = setting(None, "crop side read from the stores, pixels (null = the "
-                                         "store's patch size)", minimum=8)
+                                         "store's patch size)", minimum=8,
+                                   maximum=MAX_PATCH_PX)
     n_genes: int = setting(2000, "cohort genes: the HVGs flagged in most samples, at most "
                                  "this many", minimum=1)
     genes: list[str] | None = setting(None, "an explicit cohort gene list instead")
@@ -104,6 +108,11 @@ class TemperatureSettings(Settings):
     min: float = setting(0.01, "lower clamp", exclusive_minimum=0)
     max: float = setting(1.0, "upper clamp", exclusive_minimum=0)
 
+    def check(self, fail) -> None:
+        if not self.min <= self.init <= self.max:
+            fail("init", f"must lie between min and max ({self.min:g} <= init <= "
+                         f"{self.max:g}), got {self.init:g}")
+
 
 @dataclass(frozen=True)
 class LossWeights(Settings):
@@ -156,7 +165,7 @@ class TrainSettings(Settings):
     steps: int = setting(1000, "optimiser steps", minimum=1)
     batch_size: int = setting(64, "cells per batch and process (contrastive losses need >= 2)",
                               minimum=2)
-    lr: float = setting(3e-4, "peak learning rate (AdamW)", exclusive_minimum=0)
+    lr: float = setting(3e-4, "peak learning rate (AdamW)", exclusive_minimum=0, maximum=1)
     weight_decay: float = setting(0.05, "AdamW weight decay", minimum=0)
     warmup_steps: int = setting(50, "linear warm-up steps", minimum=0)
     min_lr_ratio: float = setting(0.01, "cosine decays to lr x this", minimum=0, maximum=1)
@@ -165,6 +174,14 @@ class TrainSettings(Settings):
     keep_checkpoints: int = setting(2, "newest checkpoints kept", minimum=1)
     num_workers: int = setting(2, "data loader worker processes", minimum=0)
     log_every: int = setting(10, "steps between log lines", minimum=1)
+    # Validation (the sheet's `val` samples, never trained on) runs at every regular
+    # checkpoint; the model written is the checkpoint of the lowest validation loss.
+    early_stopping_patience: int | None = setting(
+        5, "stop after this many checkpoints without a lower validation loss; null or 0 = "
+           "train every step (the model is still the checkpoint of the lowest validation "
+           "loss); no effect without val samples", minimum=0)
+    val_max_cells: int = setting(2048, "validation loss on at most this many cells of the "
+                                       "val samples (a fixed seeded subset)", minimum=2)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Filter, normalise and select highly variable genes with scanpy.
 
 Input: the ingested AnnData (raw counts in ``X``). Output: the same cells minus those failing
-the thresholds, with ``layers["counts"]`` (raw), ``X`` = log1p of counts normalised to the
-median library size, ``var["highly_variable"]`` and the QC metrics in ``obs``/``var``.
+the thresholds, with ``layers["counts"]`` (raw), ``X`` = log1p of counts scaled to
+``target_sum`` per cell (counts per 10,000 by default; :mod:`pastflow.qc.scale`),
+``var["highly_variable"]`` and the QC metrics in ``obs``/``var``.
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ def run_qc(adata: ad.AnnData, thresholds: QCSettings = QCSettings(),
     sc.experimental.pp.highly_variable_genes(
         adata, flavor="pearson_residuals", layer="counts",
         n_top_genes=min(thresholds.n_top_genes, adata.n_vars))
-    sc.pp.normalize_total(adata)
+    # A fixed target, not each slide's own median depth: a slide sequenced ten times less
+    # deeply must give the same log1p levels, or a model trained on one scale mis-predicts
+    # the other (issue 17: a 653-count section sat 1.7 log1p units below its predictions).
+    sc.pp.normalize_total(adata, target_sum=thresholds.target_sum)
     sc.pp.log1p(adata)
     adata.uns.setdefault("pastflow", {})
     adata.uns["pastflow"]["qc"] = {
-        **thresholds.to_dict(),
+        **thresholds.to_dict(),  # target_sum among them: the scale of X
         "cells_in": n_cells_in, "cells_out": adata.n_obs,
         "genes_in": n_genes_in, "genes_out": adata.n_vars,
     }

@@ -16,3 +16,6 @@ class QCSettings(Settings):
     min_cells: int = setting(3, "genes detected in fewer cells are dropped", minimum=0)
     n_top_genes: int = setting(200, "highly variable genes flagged (Pearson residuals of raw "
                                     "counts)", minimum=10)
+    target_sum: float = setting(1e4, "every cell's counts are scaled to this total before "
+                                     "log1p (counts per 10,000): one scale on every slide, "
+                                     "whatever its sequencing depth", exclusive_minimum=0)

@@ -22,7 +22,7 @@ class SimulateSettings(Settings):
     n_genes: int = setting(300, "genes in the simulated panel (real marker symbols plus "
                                 "filler)", minimum=50)
     mpp: float = setting(0.25, "microns per pixel of the simulated H&E level 0",
-                         exclusive_minimum=0)
+                         exclusive_minimum=0, maximum=100)
     cohort_seed: int = setting(0, "seed of the patient-level parameters (composition, "
                                   "survival)", minimum=0)
     dispersion: float = setting(0.1, "negative-binomial overdispersion of simulated counts",

@@ -1,7 +1,8 @@
 """``pastflow stain-calibrate`` (cohort), ``pastflow stain`` and ``pastflow stain-images``
 (one sample) and ``pastflow stain-agreement`` (held-out cohort).
 
-    pastflow stain-calibrate --tables results/qc/S1.h5ad ... [--panel P.yaml] \\
+    pastflow stain-calibrate --tables results/qc/S1.h5ad ... \\
+        [--predictions results/predict/S1.h5ad ...] [--panel P.yaml] \\
         [--settings results/settings/stain.json] --out cutoffs.tsv
     pastflow stain --prediction results/predict/S.h5ad --store results/patches/S.h5 \\
         --cutoffs cutoffs.tsv [--table results/qc/S.h5ad] [--panel P.yaml] \\
@@ -10,7 +11,8 @@
         --store results/patches/S.h5 [--table results/qc/S.h5ad] [--panel P.yaml] \\
         [--regions R.tsv] [--settings results/settings/stain.json] --out-dir DIR
     pastflow stain-agreement --hscores DIR1/hscores.tsv ... --out hscore_agreement.tsv \\
-        --details D.tsv --bland-altman BA.png --scatter S.png
+        --details D.tsv --bland-altman BA.png --scatter S.png \\
+        [--settings results/settings/stain.json]
 
 Everything but paths (markers to draw, region grid, minimum cells per region, blob size, the
 default panel) comes from config section ``stain`` of ``--settings``
@@ -30,11 +32,17 @@ PANEL_HELP = "marker panel YAML (default: the settings' stain.panel)"
 def add_parser(subparsers) -> None:
     c = subparsers.add_parser(
         "stain-calibrate", help="calibrate virtual IHC cut-offs on training slides",
-        description="Cut-offs of the 0/1+/2+/3+ bins per marker: Otsu's threshold of the "
-                    "measured marker score (negative | positive), then the tertiles of the "
-                    "positive cells; cut-offs in the panel file win.")
+        description="Cut-offs of the 0/1+/2+/3+ bins per marker, for measured and for "
+                    "predicted scores: Otsu's threshold of the measured marker score "
+                    "(negative | positive), then the tertiles of the positive cells; the "
+                    "predicted cut-offs call as many training cells 0/1+/2+/3+ as the measured "
+                    "ones; cut-offs in the panel file win.")
     c.add_argument("--tables", nargs="*", default=[], type=Path,
                    help="QC tables of the training slides (results/qc/S.h5ad)")
+    c.add_argument("--predictions", nargs="*", default=None, type=Path,
+                   help="the predict stage's tables of the same slides, in the same order "
+                        "(results/predict/S.h5ad): the predicted cut-offs are fitted on them "
+                        "(without: the measured cut-offs are used for predictions too)")
     c.add_argument("--panel", type=Path, default=None, help=PANEL_HELP)
     c.add_argument("--out", required=True, type=Path, help="cut-offs table to write (.tsv)")
     add_settings_argument(c, "stain")
@@ -94,16 +102,20 @@ def add_parser(subparsers) -> None:
 
     a = subparsers.add_parser(
         "stain-agreement", help="H-scores from predicted vs measured expression (test slides)",
-        description="Pearson r per marker between H-scores from predicted and from measured "
-                    "expression, per slide and per region, with Bland-Altman and scatter plots.")
+        description="Pearson r and quadratic kappa (0/1+/2+/3+ classes) per marker between "
+                    "H-scores from predicted and from measured expression, per slide and per "
+                    "region, with 95% bootstrap intervals, the reason for any undefined value, "
+                    "and Bland-Altman and scatter plots.")
     a.add_argument("--hscores", nargs="+", required=True, type=Path,
                    help="hscores.tsv of the test samples with measured expression")
     a.add_argument("--out", required=True, type=Path,
-                   help="agreement table (marker, level, pearson_r, n)")
+                   help="agreement table (marker, level, pearson_r, n, intervals, kappa, "
+                        "reason)")
     a.add_argument("--details", required=True, type=Path,
                    help="summary with Bland-Altman statistics plus every pair (.tsv)")
     a.add_argument("--bland-altman", required=True, type=Path, help="figure (.png)")
     a.add_argument("--scatter", required=True, type=Path, help="figure (.png)")
+    add_settings_argument(a, "stain")
     a.set_defaults(func=run_agreement)
 
 
@@ -127,7 +139,11 @@ def run_calibrate(args: argparse.Namespace) -> None:
     _, panel = _settings_and_panel(args)
     tables = [read_cell_table(p, "QC table") for p in tqdm(args.tables, desc="reading QC tables",
                                              disable=args.no_progress)]
-    write_cutoffs(calibrate_cutoffs(tables, panel, [str(p) for p in args.tables]), args.out)
+    predictions = None
+    if args.predictions is not None:
+        predictions = [read_cell_table(p, "prediction table") for p in args.predictions]
+    write_cutoffs(calibrate_cutoffs(tables, panel, [str(p) for p in args.tables], predictions,
+                                    [str(p) for p in args.predictions or []]), args.out)
 
 
 def run_stain(args: argparse.Namespace) -> None:
@@ -148,6 +164,10 @@ def run_images(args: argparse.Namespace) -> None:
 
 
 def run_agreement(args: argparse.Namespace) -> None:
+    from pastflow.settings import load_section
     from pastflow.stain.agreement import write_agreement
+    from pastflow.stain.settings import StainSettings
 
-    write_agreement(args.hscores, args.out, args.details, args.bland_altman, args.scatter)
+    settings = load_section(StainSettings, "stain", args.settings)
+    write_agreement(args.hscores, args.out, args.details, args.bland_altman, args.scatter,
+                    n_boot=settings.bootstrap, seed=settings.seed)

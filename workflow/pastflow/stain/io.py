@@ -7,7 +7,7 @@ from pathlib import Path
 import anndata as ad
 
 from pastflow.errors import InputError
-from pastflow.tables import read_h5ad
+from pastflow.tables import read_h5ad, read_pastflow_uns
 
 
 def read_cell_table(path: str | Path, what: str) -> ad.AnnData:
@@ -22,17 +22,5 @@ def read_cell_table(path: str | Path, what: str) -> ad.AnnData:
 def read_unit_diameter(path: str | Path) -> float | None:
     """``uns["pastflow"]["unit_diameter_um"]`` of an ``.h5ad`` (None when absent), read
     without loading the expression matrix."""
-    import h5py
-    from anndata.io import read_elem
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "QC table not found")
-    try:
-        with h5py.File(path, "r") as f:
-            meta = f.get("uns/pastflow")
-            value = (read_elem(meta).get("unit_diameter_um") if isinstance(meta, h5py.Group)
-                     else None)
-    except (OSError, KeyError, ValueError) as err:
-        raise InputError(path, f"not a readable AnnData file ({err})") from None
+    value = read_pastflow_uns(path, "QC table").get("unit_diameter_um")
     return None if value is None else float(value)

@@ -6,9 +6,17 @@ is named in :class:`~pastflow.stain.settings.StainSettings`)::
     markers:
       Ki67: {genes: [MKI67], compartment: nuclear}
       CD3: {genes: [CD3D, CD3E, CD3G], compartment: membrane, cutoffs: [0.8, 1.7, 2.0]}
+      PD-L1: {genes: [CD274], compartment: membrane, optional: true}
+      CD68: {genes: [CD68], compartment: cytoplasmic, calibration: within_slide}
 
 A marker's per-cell *score* is the mean log1p-normalised expression of its genes found in a
 table (:func:`marker_scores`); ``cutoffs`` (score units) bin it into 0 / 1+ / 2+ / 3+.
+Every gene of a marker must be measured by the cohort (checked at start-up,
+:mod:`pastflow.preflight`): a misspelt symbol would draw a blank stain that reads as a true
+negative. ``optional: true`` lets the data lack the marker's genes (it is then not scored).
+Without ``cutoffs``, ``calibration`` says where they are fitted (:mod:`pastflow.stain.
+calibrate`): ``training`` (default: on the training slides, measured and predicted scores each
+on their own) or ``within_slide`` (on each slide's own scores).
 """
 
 from __future__ import annotations
@@ -27,16 +35,21 @@ from pastflow.errors import InputError
 log = logging.getLogger(__name__)
 
 COMPARTMENTS = ("nuclear", "membrane", "cytoplasmic")
+CALIBRATIONS = ("training", "within_slide")
 
 
 @dataclass(frozen=True)
 class Marker:
-    """One IHC marker: its genes (HGNC symbols), compartment and fixed cut-offs (or None)."""
+    """One IHC marker: its genes (HGNC symbols), compartment, fixed cut-offs (or None) and
+    whether the data may lack its genes (``optional``), and where cut-offs are otherwise
+    fitted (``calibration``, one of :data:`CALIBRATIONS`)."""
 
     name: str
     genes: tuple[str, ...]
     compartment: str = "nuclear"
     cutoffs: tuple[float, float, float] | None = None
+    optional: bool = False
+    calibration: str = "training"
 
 
 def read_panel(path: str | Path) -> list[Marker]:
@@ -52,7 +65,7 @@ def read_panel(path: str | Path) -> list[Marker]:
         where = f"marker {name!r}"
         if not isinstance(entry, dict):
             raise InputError(path, f"{where}: expected a mapping with 'genes'")
-        unknown = set(entry) - {"genes", "compartment", "cutoffs"}
+        unknown = set(entry) - {"genes", "compartment", "cutoffs", "optional", "calibration"}
         if unknown:
             raise InputError(path, f"{where}: unknown keys {sorted(unknown)}")
         genes = entry.get("genes")
@@ -72,7 +85,18 @@ def read_panel(path: str | Path) -> list[Marker]:
             if len(cutoffs) != 3 or not cutoffs[0] < cutoffs[1] < cutoffs[2]:
                 raise InputError(path, f"{where}: 'cutoffs' must be three increasing numbers, "
                                        f"got {list(cutoffs)}")
-        panel.append(Marker(str(name), tuple(genes), compartment, cutoffs))
+        optional = entry.get("optional", False)
+        if not isinstance(optional, bool):
+            raise InputError(path, f"{where}: 'optional' must be true or false, got {optional!r}")
+        calibration = entry.get("calibration", "training")
+        if calibration not in CALIBRATIONS:
+            raise InputError(path, f"{where}: calibration {calibration!r} is not one of "
+                                   f"{', '.join(CALIBRATIONS)}")
+        if cutoffs is not None and "calibration" in entry:
+            raise InputError(path, f"{where}: give 'cutoffs' or 'calibration', not both "
+                                   "(fixed cut-offs are not fitted)")
+        panel.append(Marker(str(name), tuple(genes), compartment, cutoffs, optional,
+                            calibration))
     return panel
 
 

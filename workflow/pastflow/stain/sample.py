@@ -6,7 +6,10 @@ Writes, atomically:
   source x cells; region ``slide`` or a grid cell ``r{row}c{col}`` (or an annotated region);
   source ``predicted`` or ``measured``; cells ``all`` (every predicted cell: the virtual IHC
   readout, source ``predicted`` only) or ``measured`` (the predicted cells that also passed
-  QC, scored both ways: the agreement check compares like with like);
+  QC, scored both ways: the agreement check compares like with like); then the calibration
+  each row was binned with: ``cut_1``, ``cut_2``, ``cut_3`` and ``calibration`` (where they
+  come from: the ``source`` of ``cutoffs.tsv`` for that marker and source, or the slide's own
+  fit for a ``within_slide`` marker);
 - ``cells.tsv.gz``: one row per predicted cell: ``cell_id``, ``x_um``, ``y_um`` (slide microns),
   ``region``, and per marker ``{marker}_predicted_score`` / ``_level`` and, when measured,
   ``{marker}_measured_score`` / ``_level`` (empty where the cell did not pass QC);
@@ -30,15 +33,20 @@ import pandas as pd
 from pastflow.atomic import atomic_path
 from pastflow.errors import InputError
 from pastflow.patches.reader import PatchStore
-from pastflow.stain.calibrate import read_cutoffs
+from pastflow.stain.calibrate import (CUTS, WITHIN_SLIDE, calibrate_marker, cutoffs_for,
+                                      read_cutoffs)
 from pastflow.stain.io import read_cell_table
 from pastflow.stain.panel import Marker, marker_scores
-from pastflow.stain.score import bin_levels, grid_regions, hscore_table
+from pastflow.stain.score import HSCORE_COLUMNS, bin_levels, grid_regions, hscore_table
 
 if TYPE_CHECKING:
     from pastflow.stain.settings import StainSettings
 
 log = logging.getLogger(__name__)
+
+# hscores.tsv: the H-score contract, then the calibration each row was binned with.
+CALIBRATION_COLUMNS = ("cut_1", "cut_2", "cut_3", "calibration")
+HSCORE_FILE_COLUMNS = HSCORE_COLUMNS + CALIBRATION_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -87,12 +95,29 @@ def check_image_markers(panel: Sequence[Marker], images: Sequence[str]) -> None:
                                f"panel ({', '.join(names)})")
 
 
-def _levels(scores: pd.DataFrame, cutoffs: pd.DataFrame) -> pd.DataFrame:
-    """``int8`` levels 0..3 of every scored marker (columns of ``scores``)."""
-    cuts = cutoffs.set_index("marker")
-    bounds = ["cut_1", "cut_2", "cut_3"]
-    return pd.DataFrame({m: bin_levels(scores[m].to_numpy(), cuts.loc[m, bounds])
-                         for m in scores.columns})
+def _levels(scores: pd.DataFrame, cutoffs: pd.DataFrame, source: str
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``int8`` levels 0..3 of every scored marker (columns of ``scores``) with the cut-offs of
+    ``cutoffs`` (:func:`~pastflow.stain.calibrate.cutoffs_for`), and the calibration used:
+    ``marker, source, cut_1..3, calibration``. A ``within_slide`` marker is fitted here, on
+    these scores; constant scores leave every cell 0 (no cut-offs)."""
+    levels, used = {}, []
+    for m in scores.columns:
+        values = scores[m].to_numpy()
+        cuts, origin = cutoffs.loc[m, CUTS].to_numpy(np.float64), str(cutoffs.loc[m, "source"])
+        if origin == WITHIN_SLIDE:
+            try:
+                cuts = np.array(calibrate_marker(values))
+                origin = f"{WITHIN_SLIDE}: fitted on this slide's {len(values)} {source} scores"
+            except ValueError:
+                cuts = np.full(3, np.nan)
+                origin = f"{WITHIN_SLIDE}: {source} scores constant on this slide; all 0"
+        levels[m] = (bin_levels(values, cuts) if np.isfinite(cuts).all()
+                     else np.zeros(len(values), np.int8))
+        used.append({"marker": m, "source": source, **dict(zip(CUTS, cuts)),
+                     "calibration": origin})
+    return pd.DataFrame(levels), pd.DataFrame(used, columns=["marker", "source", *CUTS,
+                                                               "calibration"])
 
 
 def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_path: str | Path,
@@ -113,6 +138,7 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
     check_image_markers(panel, settings.images)
     predicted = read_cell_table(prediction_path, "prediction table")
     cutoffs = read_cutoffs(cutoffs_path)
+    predicted_cuts, measured_cuts = (cutoffs_for(cutoffs, a) for a in ("predicted", "measured"))
     store = PatchStore(store_path)
     try:
         rows = store.index_of(predicted.obs["cell_id"].astype(str).tolist())
@@ -121,13 +147,13 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
                                      "prediction come from different ingests?") from None
     xy_um = (store.centers[rows] - store.margin) * store.mpp
 
-    scorable = [m for m in panel if m.name in set(cutoffs["marker"])]
+    scorable = [m for m in panel if m.name in predicted_cuts.index]
     for m in panel:
-        if m.name not in set(cutoffs["marker"]):
-            log.warning("%s: marker %s has no cut-offs in %s; not scored", sample, m.name,
-                        cutoffs_path)
+        if m.name not in predicted_cuts.index:
+            log.warning("%s: marker %s has no cut-offs for predictions in %s; not scored",
+                        sample, m.name, cutoffs_path)
     scores = marker_scores(predicted.X, predicted.var_names, scorable, str(prediction_path))
-    levels = _levels(scores, cutoffs)
+    levels, calibration = _levels(scores, predicted_cuts, "predicted")
 
     if regions_path is not None:
         regions = read_annotations(regions_path).reindex(predicted.obs["cell_id"].astype(str))
@@ -145,8 +171,10 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
     if table_path is not None:
         measured = read_cell_table(table_path, "QC table")
         m_scores = marker_scores(measured.X, measured.var_names,
-                                 [m for m in scorable if m.name in scores.columns], str(table_path))
-        m_levels = _levels(m_scores, cutoffs)
+                                 [m for m in scorable if m.name in scores.columns
+                                  and m.name in measured_cuts.index], str(table_path))
+        m_levels, m_calibration = _levels(m_scores, measured_cuts, "measured")
+        calibration = pd.concat([calibration, m_calibration], ignore_index=True)
         m_ids = measured.obs["cell_id"].astype(str)
         position = pd.Series(np.arange(len(m_ids)), index=m_ids).reindex(cells["cell_id"])
         hit = position.notna().to_numpy()
@@ -169,7 +197,8 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
             tables.append(hscore_table(table.reset_index(drop=True), regions[hit], sample=sample,
                                        source=source, min_cells=settings.min_region_cells,
                                        cells="measured"))
-    hscores = pd.concat(tables, ignore_index=True)
+    hscores = pd.concat(tables, ignore_index=True).merge(
+        calibration, on=["marker", "source"], how="left")[list(HSCORE_FILE_COLUMNS)]
 
     out.out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.cells) as tmp:

@@ -1,5 +1,5 @@
-"""Settings of ``pastflow stain-calibrate``, ``pastflow stain`` and ``pastflow stain-images``
-(config section ``stain``)."""
+"""Settings of ``pastflow stain-calibrate``, ``pastflow stain``, ``pastflow stain-images`` and
+``pastflow stain-agreement`` (config section ``stain``)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,6 @@ class StainSettings(Settings):
     unit_um: float | None = setting(None, "cell/spot diameter of the stain blobs in microns "
                                           "(null = the sample's own unit, else 10)",
                                     exclusive_minimum=0)
+    bootstrap: int = setting(1000, "resamples of the slides or regions for the 95% intervals "
+                                   "of the virtual vs measured H-score r and kappa", minimum=10)
+    seed: int = setting(0, "seed of those resamples", minimum=0)

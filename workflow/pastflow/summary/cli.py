@@ -6,11 +6,12 @@ import argparse
 
 
 def _run(args: argparse.Namespace) -> None:
+    from pastflow.preflight import read_notes
     from pastflow.summary.gather import summarise_run, write_summary
 
     summary = summarise_run(args.technologies, args.stores, metrics=args.metrics,
                             cindex=args.cindex, agreement=args.agreement, samples=args.samples,
-                            outcomes=args.outcomes)
+                            outcomes=args.outcomes, notes=read_notes(args.notes))
     write_summary(summary, args.json, args.tsv)
 
 
@@ -31,6 +32,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--outcomes",
                    help="results/survival/outcomes.tsv (patients and events behind the c-index)")
     p.add_argument("--agreement", help="results/stain/hscore_agreement.tsv")
+    p.add_argument("--notes", help="results/settings/notes.json: the stages the run skipped "
+                                   "and why (a JSON list of lines, written at start-up)")
     p.add_argument("--json", required=True, help="output: summary JSON")
     p.add_argument("--tsv", required=True, help="output: summary table")
     p.set_defaults(func=_run)

@@ -49,7 +49,7 @@ HEAD = "pastflow_head"
 
 #: ``summary.tsv`` columns, in order (documented in ``workflow/report/summary.rst``).
 COLUMNS = ["section", "level", "sample", "technology", "method", "marker", "metric",
-           "statistic", "value", "low", "high", "interval", "n", "n_of"]
+           "statistic", "value", "low", "high", "interval", "n", "n_of", "reason"]
 
 
 def _read_result_tsv(path: str | Path | None, kind: str) -> pd.DataFrame | None:
@@ -155,7 +155,8 @@ def summarise_expression(table: pd.DataFrame, technology_of: dict[str, str],
 
 
 def summarise_run(technologies: list[str], stores: list[str | Path], metrics=None, cindex=None,
-                  agreement=None, samples: list[str] | None = None, outcomes=None) -> dict:
+                  agreement=None, samples: list[str] | None = None, outcomes=None,
+                  notes: list[str] | None = None) -> dict:
     """The key numbers as a JSON-ready dict (sections only for the stages given).
 
     ``technologies``: one per sample of the sheet, in the order of ``samples`` (the sample
@@ -163,7 +164,8 @@ def summarise_run(technologies: list[str], stores: list[str | Path], metrics=Non
     every sample's patch store; ``metrics``/``cindex``/``agreement``/``outcomes``:
     ``results/predict/metrics.tsv``, ``results/survival/cindex.tsv``,
     ``results/stain/hscore_agreement.tsv``, ``results/survival/outcomes.tsv`` (the patients
-    and events behind the c-index).
+    and events behind the c-index). ``notes``: lines on the stages the run skipped and why
+    (:func:`pastflow.preflight.stage_notes`), kept as ``notes`` for the front page.
     """
     if samples is not None and len(samples) != len(technologies):
         raise InputError(None, f"{len(samples)} samples (--samples) but {len(technologies)} "
@@ -172,6 +174,7 @@ def summarise_run(technologies: list[str], stores: list[str | Path], metrics=Non
         "samples": len(technologies),
         "technologies": dict(sorted(Counter(technologies).items())),
         "cells": count_cells(stores),
+        "notes": list(notes or []),
     }
     table = _read_result_tsv(metrics, "metrics")
     if table is not None:
@@ -195,11 +198,28 @@ def summarise_run(technologies: list[str], stores: list[str | Path], metrics=Non
     table = _read_result_tsv(agreement, "agreement")
     if table is not None:
         summary["hscore_agreement"] = {
-            f"{row.marker} ({row.level})": {"marker": str(row.marker), "level": str(row.level),
-                                             "pearson_r": _r(row.pearson_r), "n": int(row.n)}
-            for row in table.itertuples()
+            f"{row['marker']} ({row['level']})": _agreement_entry(row)
+            for _, row in table.iterrows()
         }
     return summary
+
+
+def _agreement_entry(row: pd.Series) -> dict:
+    """One marker and level of ``hscore_agreement.tsv``: r and kappa with their intervals
+    (those the table has) and the reason a value is missing (a table written before the
+    reasons: a generic one, never a bare NaN)."""
+    entry = {"marker": str(row["marker"]), "level": str(row["level"]),
+             "pearson_r": _r(row["pearson_r"]), "n": int(row["n"])}
+    for key in ("pearson_ci_low", "pearson_ci_high", "kappa", "kappa_ci_low", "kappa_ci_high"):
+        if key in row.index:
+            entry[key] = _r(row[key])
+    reason = row.get("reason")
+    reason = "" if reason is None or (isinstance(reason, float) and math.isnan(reason)) \
+        else str(reason)
+    if not reason and entry["pearson_r"] is None:
+        reason = "r undefined (fewer than 3 pairs or a constant H-score)"
+    entry["reason"] = reason
+    return entry
 
 
 def _row(section, level, metric, value, statistic="value", **fields) -> dict:
@@ -242,8 +262,15 @@ def summary_rows(summary: dict) -> pd.DataFrame:
                          n=v.get("n"), n_of="patients" if v.get("n") is not None else None))
     for key, v in summary.get("hscore_agreement", {}).items():
         marker, level = v.get("marker", key), v.get("level", "")
-        rows.append(_row("virtual_ihc", level, "hscore_pearson_r", v["pearson_r"], marker=marker,
-                         n=v["n"], n_of=f"{level}s" if level else None))
+        for metric, key in (("hscore_pearson_r", "pearson"), ("hscore_kappa", "kappa")):
+            value = v.get("pearson_r" if key == "pearson" else key)
+            low, high = v.get(f"{key}_ci_low"), v.get(f"{key}_ci_high")
+            if key == "kappa" and value is None and "kappa" not in v:
+                continue  # a table written before kappa
+            rows.append(_row("virtual_ihc", level, metric, value, marker=marker, low=low,
+                             high=high, interval="95% CI" if low is not None else None,
+                             n=v["n"], n_of=f"{level}s" if level else None,
+                             reason=v.get("reason") if value is None else None))
 
     # object dtype: counts stay integers next to correlations; n is a nullable integer.
     table = pd.DataFrame(rows, dtype=object).reindex(columns=COLUMNS)

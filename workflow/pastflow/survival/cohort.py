@@ -16,11 +16,18 @@ Three jobs, each writing its files atomically into one folder (``results/surviva
 - ``cindex.tsv``: ``model``, ``cindex``, ``ci_low``, ``ci_high`` (contract; see
   :mod:`pastflow.survival.cv` for how the interval is computed); on simulated cohorts a
   ``true_hazard`` row: the c-index of the known log-hazard, the ceiling a model can reach;
+  The ``clinical`` row is the clinical baseline: a Cox model on the clinical table's
+  covariates alone (age, stage, ...; numeric as numbers, categorical one-hot), in the same
+  folds as the others, since on many cohorts it is the model to beat;
 - ``models.tsv``: per model, patients, events, features, the penalizer of the final fit and
-  the penalizers chosen in the outer folds, the c-index of every repeat;
+  the penalizers chosen in the outer folds, the c-index of every repeat, and the difference
+  from the clinical baseline with its paired 95% bootstrap interval
+  (``cindex_minus_clinical``, ``minus_clinical_low``, ``minus_clinical_high``);
 - ``risk.tsv``: ``patient``, ``os_time``, ``os_event`` and each model's out-of-fold risk
   (log partial hazard, mean over repeats; higher = shorter survival);
 - ``coefficients.tsv``: the final combined model (all patients) coefficients, lifelines' summary;
+  beside them, ``clinical baseline <column>``: the clinical baseline's own final fit on its
+  covariates (empty on the other rows);
 - ``td_auc.tsv``: time-dependent AUC per model and time (empty where the data do not allow).
 
 ``pastflow survival-figures`` (:func:`read_results`, :func:`pastflow.survival.plots.write_figures`):
@@ -45,8 +52,8 @@ from pastflow.clinical import read_clinical
 from pastflow.errors import InputError
 from pastflow.models.pathways import default_gmt_path, read_gmt
 from pastflow.survival.cox import fit_cox
-from pastflow.survival.cv import (CIndex, cross_validated_risk, patient_folds,
-                                  summarize_cindex)
+from pastflow.survival.cv import (CIndex, cross_validated_risk, paired_difference,
+                                  patient_folds, summarize_cindex)
 from pastflow.survival.features import (cluster_composition_features, clinical_features,
                                         hscore_features, modality_columns, pathway_features,
                                         pooled_embedding_features, read_cell_embeddings)
@@ -59,6 +66,9 @@ log = logging.getLogger(__name__)
 FEATURE_FILES = ("features.tsv", "outcomes.tsv", "cells.npz")
 MODEL_FILES = ("cindex.tsv", "models.tsv", "risk.tsv", "coefficients.tsv", "td_auc.tsv")
 FIGURE_FILES = ("cindex.png", "km.png", "forest.png", "td_auc.png")
+BASELINE = "clinical"  # the model the others are compared with
+BASELINE_PREFIX = "clinical baseline "  # its columns in coefficients.tsv
+_BASELINE_COLUMNS = ("coef", "exp(coef)", "exp(coef) lower 95%", "exp(coef) upper 95%", "p")
 
 
 @dataclass
@@ -264,18 +274,31 @@ def cross_validate_models(data: CohortData, settings: SurvivalSettings, *,
     cindex = pd.DataFrame(rows)
 
     final = _fit_cox(data.features[groups["combined"]], data.time, data.event, settings)
+    coefficients, penalizers = final.summary, {"combined": final.penalizer}
+    if BASELINE in groups:
+        baseline = _fit_cox(data.features[groups[BASELINE]], data.time, data.event, settings)
+        penalizers[BASELINE] = baseline.penalizer
+        coefficients = coefficients.join(
+            baseline.summary[list(_BASELINE_COLUMNS)].add_prefix(BASELINE_PREFIX))
+    else:
+        log.info("the clinical table has no covariate beyond os_time and os_event: no "
+                 "clinical baseline")
     models = pd.DataFrame(model_rows)
     models["n_patients"], models["n_events"] = len(data.patients), int(data.event.sum())
-    models["final_penalizer"] = [final.penalizer if m == "combined" else np.nan
-                                 for m in models["model"]]
+    models["final_penalizer"] = [penalizers.get(m, np.nan) for m in models["model"]]
     models["cindex_per_repeat"] = [",".join(f"{c:.4f}" for c in summaries[m].per_repeat)
                                    for m in models["model"]]
+    deltas = [paired_difference(summaries[m], summaries[BASELINE])
+              if BASELINE in summaries and m != BASELINE else (np.nan,) * 3
+              for m in models["model"]]
+    models["cindex_minus_clinical"], models["minus_clinical_low"], \
+        models["minus_clinical_high"] = (list(column) for column in zip(*deltas))
     mean_risk = {name: r.mean(axis=0) for name, r in risks.items()}
     td_auc, _ = time_dependent_auc(data.time, data.event, mean_risk)
     risk = pd.DataFrame({"patient": data.patients, "os_time": data.time, "os_event": data.event,
                          **mean_risk})
     log.info("survival: models done in %.1f s", clock.time() - start)
-    return SurvivalResults(cindex, models, risk, final.summary, td_auc)
+    return SurvivalResults(cindex, models, risk, coefficients, td_auc)
 
 
 def write_results(results: SurvivalResults, out_dir: str | Path) -> None:

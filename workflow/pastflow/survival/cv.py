@@ -20,7 +20,7 @@ seeds of 80 patients), so a value near 0.5 means "no signal", not "worse than ch
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -91,13 +91,16 @@ def harrell_cindex(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> flo
 
 @dataclass(frozen=True)
 class CIndex:
-    """A cross-validated c-index: mean over repeats, 95% patient-bootstrap interval, and the
-    per-repeat values ``(n_repeats,)``."""
+    """A cross-validated c-index: mean over repeats, 95% patient-bootstrap interval, the
+    per-repeat values ``(n_repeats,)`` and the bootstrap values ``(n_boot,)`` (the same
+    resamples for every model of one cohort and seed: differences between models are
+    paired, :func:`paired_difference`)."""
 
     cindex: float
     ci_low: float
     ci_high: float
     per_repeat: np.ndarray
+    boot: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 def summarize_cindex(time: np.ndarray, event: np.ndarray, risks: np.ndarray, *,
@@ -120,7 +123,16 @@ def summarize_cindex(time: np.ndarray, event: np.ndarray, risks: np.ndarray, *,
             boot += num / den
     boot /= len(pairs)
     low, high = np.nanpercentile(boot, [2.5, 97.5])
-    return CIndex(float(np.nanmean(per_repeat)), float(low), float(high), per_repeat)
+    return CIndex(float(np.nanmean(per_repeat)), float(low), float(high), per_repeat, boot)
+
+
+def paired_difference(model: CIndex, baseline: CIndex) -> tuple[float, float, float]:
+    """``(difference, low, high)``: ``model`` minus ``baseline`` c-index and its 95% interval
+    over the patient resamples both were bootstrapped on (same cohort, ``n_boot`` and seed)."""
+    if len(model.boot) != len(baseline.boot):
+        raise ValueError("the two c-indices were bootstrapped on different resamples")
+    low, high = np.nanpercentile(model.boot - baseline.boot, [2.5, 97.5])
+    return model.cindex - baseline.cindex, float(low), float(high)
 
 
 def cross_validated_risk(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],

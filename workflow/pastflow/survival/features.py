@@ -46,7 +46,9 @@ def sample_patients(sheet_path: str | Path) -> dict[str, str]:
     """
     from pastflow.sheet import load_sample_sheet
 
-    sheet = load_sample_sheet(sheet_path, check_paths=False)
+    # Only ids are read: whether a patient may span splits is the config's call
+    # (split_by_patient), already checked when the workflow started.
+    sheet = load_sample_sheet(sheet_path, check_paths=False, split_by_patient=False)
     return dict(zip(sheet["sample"].astype(str), sheet["patient"].astype(str)))
 
 

@@ -88,15 +88,25 @@ def plot_forest(summary: pd.DataFrame, ax, title: str = "") -> None:
     ax.set_title(title, fontsize=9)
 
 
+MODEL_COLOURS = {"true_hazard": "#9e9e9e", "clinical": "#e6550d"}
+
+
 def plot_cindex(table: pd.DataFrame, ax) -> None:
     """Bars of ``cindex`` with ``ci_low``-``ci_high`` intervals, one per ``model``; the
-    ``true_hazard`` row (simulated cohorts) drawn in grey as the ceiling."""
+    ``true_hazard`` row (simulated cohorts) drawn in grey as the ceiling, the ``clinical``
+    baseline in orange with a dotted line at its c-index: the value to beat."""
     y = np.arange(len(table))
     values = table["cindex"].to_numpy()
     err = [values - table["ci_low"].to_numpy(), table["ci_high"].to_numpy() - values]
-    colours = ["#9e9e9e" if m == "true_hazard" else "#3182bd" for m in table["model"]]
+    colours = [MODEL_COLOURS.get(m, "#3182bd") for m in table["model"]]
     ax.barh(y, values, xerr=err, color=colours, capsize=3)
     ax.axvline(0.5, color="black", linestyle="--", linewidth=0.8)
+    baseline = table.loc[table["model"] == "clinical", "cindex"]
+    if len(baseline):
+        value = float(baseline.iloc[0])
+        ax.axvline(value, color=MODEL_COLOURS["clinical"], linestyle=":", linewidth=1.2)
+        ax.text(value, 1.01, "clinical baseline", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=7, color=MODEL_COLOURS["clinical"])
     for yi, v in zip(y, values):
         ax.text(0.02, yi, f"{v:.3f}", va="center", color="white", fontsize=8)
     ax.set_yticks(y)
@@ -140,11 +150,26 @@ def write_figures(results, out_dir: str | Path) -> None:
     fig, _ = km_figure(time, event, {m: risk[m].to_numpy(float) for m in models})
     save_figure(fig, out / "km.png")
 
-    summary = results.coefficients
-    combined = results.models.set_index("model").loc["combined"]
-    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.28 * len(summary)))
-    plot_forest(summary, ax, title=f"combined model, all {int(combined['n_patients'])} "
-                                   f"patients (penalizer {combined['final_penalizer']:g})")
+    from pastflow.survival.cohort import BASELINE_PREFIX
+
+    coefficients = results.coefficients
+    models = results.models.set_index("model")
+    baseline_columns = [c for c in coefficients.columns if c.startswith(BASELINE_PREFIX)]
+    summary = coefficients.drop(columns=baseline_columns)
+    panels = [(summary, "combined")]
+    if baseline_columns and "clinical" in models.index:
+        # The clinical baseline's own fit beside the combined one: how age, stage, ... weigh
+        # alone, and how much of that the combined model keeps.
+        baseline = coefficients[baseline_columns].dropna(how="all")
+        baseline.columns = [c[len(BASELINE_PREFIX):] for c in baseline_columns]
+        panels.insert(0, (baseline, "clinical"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 1.2 + 0.28 * len(summary)),
+                             squeeze=False)
+    for ax, (table, name) in zip(axes.flat, panels):
+        row = models.loc[name]
+        plot_forest(table, ax, title=f"{'clinical baseline' if name == 'clinical' else name} "
+                                     f"model, all {int(row['n_patients'])} patients "
+                                     f"(penalizer {row['final_penalizer']:g})")
     fig.tight_layout()
     save_figure(fig, out / "forest.png")
 
