@@ -9,11 +9,12 @@ CORES  ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --printshellcmds
 
-.PHONY: run test bench report lint clean help
+.PHONY: run test test-fast bench report lint clean help
 
 help:
 	@echo "make run    set up .venv and run the default workflow (simulated cohort) -> results/, results/report.html"
 	@echo "make test   set up .venv and run the test suite"
+	@echo "make test-fast  the tests not marked slow (no whole-workflow runs)"
 	@echo "make bench  set up .venv and run the benchmarks -> results/bench/*.json"
 
 $(BIN)/python:
@@ -32,6 +33,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests --ignore=tests/benchmarks
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m "not slow" tests --ignore=tests/benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -s tests/benchmarks
