@@ -65,11 +65,13 @@ def km_figure(time: np.ndarray, event: np.ndarray, risks: dict[str, np.ndarray])
     return fig, pvalues
 
 
-def plot_forest(summary: pd.DataFrame, ax, title: str = "") -> None:
+def plot_forest(summary: pd.DataFrame, ax, title: str = "", rows: int = 0) -> None:
     """Hazard ratio per standard deviation of each covariate with its 95% CI (log axis),
-    from a lifelines ``summary`` table."""
+    from a lifelines ``summary`` table. ``rows``: the row slots of the axis (a panel beside a
+    longer one keeps its row spacing, its rows at the top)."""
     table = summary.sort_values("coef")
-    y = np.arange(len(table))
+    rows = max(rows, len(table))
+    y = np.arange(len(table)) + rows - len(table)
     hr = table["exp(coef)"].to_numpy()
     low, high = table["exp(coef) lower 95%"].to_numpy(), table["exp(coef) upper 95%"].to_numpy()
     colours = np.where(table["p"] < 0.05, "#d7191c", "#404040")
@@ -84,6 +86,7 @@ def plot_forest(summary: pd.DataFrame, ax, title: str = "") -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y)
     ax.set_yticklabels(table.index, fontsize=7)
+    ax.set_ylim(-0.5, rows - 0.5)
     ax.set_xlabel("hazard ratio per SD (95% CI); red: p < 0.05")
     ax.set_title(title, fontsize=9)
 
@@ -169,7 +172,8 @@ def write_figures(results, out_dir: str | Path) -> None:
         row = models.loc[name]
         plot_forest(table, ax, title=f"{'clinical baseline' if name == 'clinical' else name} "
                                      f"model, all {int(row['n_patients'])} patients "
-                                     f"(penalizer {row['final_penalizer']:g})")
+                                     f"(penalizer {row['final_penalizer']:g})",
+                    rows=len(summary))
     fig.tight_layout()
     save_figure(fig, out / "forest.png")
 
