@@ -16,6 +16,8 @@ import gzip
 import json
 from pathlib import Path
 
+from pastflow.errors import InputError
+
 GENE_EXPRESSION = "Gene Expression"  # 10x feature type of genes (not control probes)
 _MATRIX_FILES = ("cell_feature_matrix.h5", "filtered_feature_bc_matrix.h5")
 _FEATURE_TABLES = ("cell_feature_matrix/features.tsv.gz",
@@ -38,7 +40,7 @@ def sample_genes(technology: str, data: str | Path) -> set[str] | None:
             return _h5_genes(data)
         if technology == "legacy_st" and data.is_file():
             return _counts_header_genes(data)
-    except (OSError, KeyError, ValueError, UnicodeDecodeError):
+    except (InputError, OSError, KeyError, ValueError, UnicodeDecodeError):
         return None  # unreadable here: the sample's own stage names the problem
     return None
 
@@ -62,18 +64,19 @@ def _h5_genes(path: Path) -> set[str] | None:
     import h5py
 
     with h5py.File(path, "r") as f:
-        if "matrix/features/name" in f:
-            names = _strings(f["matrix/features/name"][:])
-            if "matrix/features/feature_type" in f:
-                kinds = _strings(f["matrix/features/feature_type"][:])
-                names = [n for n, k in zip(names, kinds) if k == GENE_EXPRESSION]
-            return set(names)
-        if "var" in f:
+        is_10x = "matrix" in f
+        if not is_10x and "var" in f:
             var = f["var"]
             index = var.attrs.get("_index", "_index")
             index = index.decode() if isinstance(index, bytes) else str(index)
             if index in var:
                 return set(_strings(var[index][:]))
+    if is_10x:  # the ingest reader's own view of the features (datasets opened, not read)
+        from pastflow.ingest.tenx_h5 import FeatureBarcodeH5
+
+        with FeatureBarcodeH5(path) as matrix:
+            var = matrix.var
+            return set(var.index[var["feature_types"] == GENE_EXPRESSION])
     return None
 
 
