@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(SNAKEMAKE)
 	$(SNAKEMAKE) --report results/report.html
-	@echo "Done: results/ and results/report.html"
+	@echo "Done. Report: $(CURDIR)/results/report.html (open it in a browser); outputs in results/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests --ignore=tests/benchmarks

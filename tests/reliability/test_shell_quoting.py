@@ -38,7 +38,7 @@ PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 HOSTILE = "O'Brien \"lab\" $(touch PWNED) `touch PWNED`; touch PWNED; $HOME *"
 # Params that are shell fragments, built and quoted by pastflow.rule_commands.
 FRAGMENTS = {"params.pastflow", "params.launch", "params.table", "params.optional",
-             "params.truth", "params.validation"}
+             "params.truth", "params.validation", "params.cores"}
 
 SAMPLES = [  # sample, patient, technology, split: path columns filled and empty
     ("xa", "P1", "xenium", "train"),

@@ -173,7 +173,9 @@ def test_the_workflow_gives_pretraining_the_val_samples_only_as_validation(repo_
     rows = [line.split("\t") for line in
             (repo_root / "config" / "samples.tsv").read_text().splitlines()]
     splits = {"sim01": "train", "sim02": "val", "sim03": "val", "sim05": "test"}
-    sheet = [rows[0]] + [row[:-1] + [splits[row[0]]] for row in rows[1:] if row[0] in splits]
+    at = rows[0].index("split")
+    sheet = [rows[0]] + [row[:at] + [splits[row[0]]] + row[at + 1:]
+                         for row in rows[1:] if row[0] in splits]
     (tmp_path / "samples.tsv").write_text("".join("\t".join(r) + "\n" for r in sheet))
     bin_dir = Path(sys.executable).parent
     run = subprocess.run(

@@ -369,13 +369,13 @@ def test_figures_are_drawn(tmp_path):
     head_r = per_gene[per_gene["method"] == "pastflow_head"].set_index("gene")["pearson_r"]
     assert np.all(np.diff(head_r[shown].to_numpy()) >= 0)  # the head's best at the top
     assert len(figure.legends[0].get_texts()) == len(METHODS) - 1  # not the mean baseline
-    assert (tmp_path / "intervals.png").stat().st_size > 10_000
+    assert (tmp_path / "intervals.png").stat().st_size > 5_000  # palette PNG, not blank
     thumbnail = np.full((50, 50, 3), 230, np.uint8)
     plot_marker_maps(thumbnail, 2.0, test.xy, {"measured": test.columns(["g0", "g6"]),
                                                "pastflow_head": predictions["pastflow_head"][:, [0, 4]]},
                      ["g0", "g6"], {"pastflow_head": {"g0": 1.0}}, "t", tmp_path / "maps.png")
-    assert (tmp_path / "bars.png").stat().st_size > 10_000
-    assert (tmp_path / "maps.png").stat().st_size > 10_000
+    assert (tmp_path / "bars.png").stat().st_size > 5_000
+    assert (tmp_path / "maps.png").stat().st_size > 5_000
 
 
 # ----------------------------------------------------------------------------- on files
@@ -447,9 +447,9 @@ def test_predict_and_evaluate_commands_on_a_pretrained_model(embedded, trained, 
         assert genes["pearson_r"].mean() == pytest.approx(row.mean_pearson_50, abs=1e-5)
     assert set(per_gene.loc[per_gene["marker"], "gene"]) == {"CD3D", "MKI67"}
     assert not (tmp_path / "lopo.tsv").exists()  # evaluate-lopo's now
-    assert (tmp_path / "figures" / "s2" / "per_gene.png").stat().st_size > 10_000
-    assert (tmp_path / "figures" / "s2" / "maps.png").stat().st_size > 10_000
-    assert (tmp_path / "figures" / "s2" / "per_gene_intervals.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "s2" / "per_gene.png").stat().st_size > 5_000
+    assert (tmp_path / "figures" / "s2" / "maps.png").stat().st_size > 5_000
+    assert (tmp_path / "figures" / "s2" / "per_gene_intervals.png").stat().st_size > 5_000
     # figure_samples: 0 scores every test sample and draws none.
     settings.write_text("evaluate:\n  n_genes: 8\n  markers: [CD3D, MKI67]\n"
                         "  figure_samples: 0\n")

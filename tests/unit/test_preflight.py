@@ -184,7 +184,7 @@ def test_a_sheet_without_training_samples_says_the_model_stages_are_skipped(tmp_
     write_notes(notes, tmp_path / "notes.json")
     assert read_notes(tmp_path / "notes.json") == notes
     settings = resolve_workflow_config({})
-    assert stage_notes(settings, samples, simulated=True, model_samples=["s1"],
+    assert stage_notes(settings, list(samples["patient"]), simulated=True, model_samples=["s1"],
                        run_survival=True) == []
 
 

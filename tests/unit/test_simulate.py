@@ -356,6 +356,47 @@ def test_xenium_alignment_places_cells_on_their_nuclei(cohort):
     assert (at[:, 2] > at[:, 1]).mean() > 0.9
 
 
+def test_xenium_label_expansion_by_blocks_matches_the_whole_image(monkeypatch):
+    from skimage import segmentation
+
+    import pastflow.simulate.xenium as xenium
+
+    rng = np.random.default_rng(0)
+    nuclei = np.zeros((1300, 1100), dtype=np.uint32)
+    for label, (r, c) in enumerate(rng.integers(0, (1300, 700), size=(300, 2)), start=1):
+        nuclei[r:r + 9, c:c + 7] = label  # the right part stays glass
+    monkeypatch.setattr(xenium, "EXPAND_BLOCK", 256)
+    blocks = xenium._expand_labels(nuclei, 23.5)
+    whole = segmentation.expand_labels(nuclei[::2, ::2], distance=23.5 / 2)
+    whole = np.repeat(np.repeat(whole, 2, axis=0), 2, axis=1)
+    whole = np.where(nuclei > 0, nuclei, whole)
+    assert (blocks == whole).mean() > 0.999  # equal up to ties between equidistant nuclei
+    assert (blocks[nuclei > 0] == nuclei[nuclei > 0]).all() and not blocks[:, 1000:].any()
+
+
+def test_xenium_dapi_tiles_blur_seamlessly():
+    from scipy import ndimage
+
+    from pastflow.simulate.xenium import DAPI_BLUR_PX, _DapiTiles
+
+    slide = _slide_for("xenium")
+    nuclei = np.zeros((700, 900), dtype=np.uint32)
+    nuclei[100:600:40, 50:850:40] = 1 + np.arange(13 * 20).reshape(13, 20) % len(slide.cells)
+    nuclei = ndimage.grey_dilation(nuclei, size=(9, 9))
+    dapi = _DapiTiles(slide, nuclei, tile=256)
+    tiled = np.block([[dapi.render_tile(ty, tx) for tx in range(4)] for ty in range(3)])[:700, :900]
+    # The same image computed whole from the same position-indexed (periodic) noise.
+    period = dapi.noise[:dapi.PERIOD, :dapi.PERIOD]
+
+    def noise(shift):
+        rows, cols = np.arange(700) + shift, np.arange(900) + shift
+        return period.take(rows, axis=0, mode="wrap").take(cols, axis=1, mode="wrap")
+
+    whole = ndimage.gaussian_filter(dapi.level[nuclei] * (1 + 0.8 * noise(0)), DAPI_BLUR_PX)
+    whole += 60 + 15 * noise(dapi.PERIOD // 2)
+    np.testing.assert_array_equal(tiled, np.clip(whole, 0, 65535).astype(np.uint16))
+
+
 def test_visium_outs_reads_with_spatialdata_io(cohort):
     spatialdata_io = pytest.importorskip("spatialdata_io")
     d = cohort / "S_visium"

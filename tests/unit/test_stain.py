@@ -17,7 +17,8 @@ from PIL import Image
 from pastflow.cli import main
 from pastflow.errors import InputError
 from pastflow.stain.agreement import (AGREEMENT_COLUMNS, INTERVAL_COLUMNS, agreement_values,
-                                      pair_hscores, region_class, summarise_agreement,
+                                      pair_hscores, read_hscores, region_class,
+                                      summarise_agreement,
                                       write_agreement)
 from pastflow.stain.calibrate import (CUTOFF_COLUMNS, CUTS, calibrate_cutoffs, calibrate_marker,
                                       read_cutoffs)
@@ -713,3 +714,35 @@ def test_thumbnail_titles_give_the_all_cells_readout():
             ("Ki67", "r1c1", "predicted", "all", 10.0)]
     table = pd.DataFrame(rows, columns=["marker", "region", "source", "cells", "hscore"])
     assert slide_readout(table) == {"Ki67": 120.0}
+
+
+def test_a_tissue_microarray_is_scored_per_core(small_sample, tmp_path):
+    """With a core map, each core is a region (its own H-score) and a cell outside every
+    core is in none; the thumbnails then draw no grid."""
+    root = small_sample
+    cutoffs = calibrate(root, tmp_path)
+    cores = tmp_path / "cores.tsv"
+    # Two discs of radius 90 px on the 480 px slide: A1 over the CD3-high left half.
+    cores.write_text("core\tpatient\tx_px\ty_px\tradius_px\n"
+                     "A1\tTMA-A1\t120\t120\t90\nA2\tTMA-A2\t360\t360\t90\n")
+    settings = write_settings(tmp_path / "settings.yaml", images=["Ki67"], min_region_cells=5)
+    out = tmp_path / "tma"
+    assert main(stain_args(root, cutoffs, settings, out, "--cores", str(cores))) == 0
+    cells = pd.read_csv(out / "cells.tsv.gz", sep="\t", keep_default_na=False)
+    xs = np.arange(20.0, 480, 40.0)
+    xy = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2)
+    in_a1 = np.hypot(xy[:, 0] - 120, xy[:, 1] - 120) <= 90
+    in_a2 = np.hypot(xy[:, 0] - 360, xy[:, 1] - 360) <= 90
+    assert (cells["region"] == "A1").sum() == in_a1.sum() > 0
+    assert (cells["region"] == "A2").sum() == in_a2.sum() > 0
+    assert (cells["region"] == "").sum() == len(xy) - in_a1.sum() - in_a2.sum()
+    h = pd.read_csv(out / "hscores.tsv", sep="\t")
+    every = h[(h["cells"] == "all") & (h["marker"] == "CD3")].set_index("region")
+    assert set(every.index) == {"slide", "A1", "A2"}
+    assert every.loc["A1", "hscore"] > every.loc["A2", "hscore"]  # left half is CD3-high
+    assert set(h.loc[h["region"] != "slide", "level"]) == {"core"}
+    assert set(h.loc[h["region"] == "slide", "level"]) == {"slide"}
+    pairs = pair_hscores(read_hscores([out / "hscores.tsv"]))
+    assert sorted(pairs["level"].unique()) == ["core", "slide"]
+    assert main(images_args(root, settings, out, "--cores", str(cores))) == 0
+    assert (out / "thumbnails.jpg").is_file()

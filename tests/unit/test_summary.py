@@ -176,21 +176,36 @@ def render_front_page(repo_root, run_summary) -> tuple[str, str]:
 
 
 def test_front_page_shows_a_compact_per_sample_table(tmp_path, repo_root):
+    """Issue 15: what ran and the key numbers with intervals, short enough to read without
+    scrolling: six held-out slides at most, each against its strongest baseline."""
     names = [f"s{i:02d}" for i in range(12)]
     technologies = ["xenium"] * 11 + ["visium"]
     stores = [fake_store(tmp_path / f"{s}.h5", [1]) for s in names]
     metrics = metrics_table(tmp_path / "metrics.tsv", {s: 0.5 + i / 100 for i, s in enumerate(names)})
+    paired = write_tsv(tmp_path / "paired.tsv", sample=names, method="pastflow_head",
+                       baseline="mean_baseline", diff=[0.5 + i / 100 for i in range(12)],
+                       ci_low=[0.45 + i / 100 for i in range(12)],
+                       ci_high=[0.55 + i / 100 for i in range(12)])
     cindex = write_tsv(tmp_path / "cindex.tsv", model=["combined"], cindex=[0.71], ci_low=[0.65],
                        ci_high=[0.77])
-    summary = summarise_run(technologies, stores, metrics=metrics, cindex=cindex, samples=names)
+    summary = summarise_run(technologies, stores, metrics=metrics, cindex=cindex, samples=names,
+                            paired=paired)
+    assert summary["expression"]["by_sample"][0]["versus_baseline"] == {
+        "baseline": "mean_baseline", "baseline_r": 0.0, "diff": 0.61, "ci_low": 0.56,
+        "ci_high": 0.66}
     text, html = render_front_page(repo_root, json.loads(json.dumps(summary)))
     assert "Key numbers" in html and "system-message" not in html, text
-    assert "<table" in html and "pastflow_head" in html and "mean_baseline" in html
-    assert "s11" in html and "0.610 (0.560-0.660)" in html  # the visium sample sorts first
-    assert "<td>0.000 (" not in html  # no interval for the constant baseline
-    assert "s07" not in html and "4 more in summary.tsv" in html  # 8 of 12 shown
-    assert "median 0.550 (0.500-0.600)" in html  # xenium: 11 test samples
-    assert "combined 0.710 (0.650-0.770)" in html
+    assert "12 slides (1 visium, 11 xenium), 12 cells" in html
+    cells = re.findall(r"<td>(?:<p>)?(.*?)(?:</p>)?</td>", html)
+    # the visium sample sorts first: head with its interval, strongest baseline, difference
+    assert cells[:4] == ["s11 (visium)", "0.610 (0.560 to 0.660)", "mean_baseline 0.000",
+                         "+0.610 (0.560 to 0.660)"]
+    assert "s04" in html and "s05" not in html and "6 more held-out slides" in html
+    assert "combined 0.710 (0.650 to 0.770)" in html
+    rows = summary_rows(summary)
+    diff = rows[rows["metric"] == "pearson_50_diff"].set_index("sample")
+    assert diff.loc["s11", ["method", "value", "low", "high"]].tolist() == [
+        "pastflow_head minus mean_baseline", 0.61, 0.56, 0.66]
 
     _, html = render_front_page(repo_root, None)  # before the run has made its summary
     assert "Key numbers" not in html and "system-message" not in html
@@ -218,12 +233,33 @@ def test_agreement_gives_kappa_intervals_and_reasons_never_nan(tmp_path, repo_ro
     assert ihc.loc[("CD3", "hscore_pearson_r"), ["low", "high"]].tolist() == [0.8, 0.95]
     text, html = render_front_page(repo_root, json.loads(json.dumps(summary)))
     assert "system-message" not in html and "nan" not in text.lower()
-    # a table row per marker and level: n, r, kappa, why a value is missing
+    # a row per marker: its level and n (they differ between markers), r, kappa, and the
+    # reason for a missing value in place of the value
     cells = re.findall(r"<td>(?:<p>)?(.*?)(?:</p>)?</td>", html)
-    assert cells[cells.index("HER2 (region)"):][:5] == ["HER2 (region)", "12", "—",
-                                                        "0.00 (0.00 to 0.00)", reason]
-    assert cells[cells.index("CD3 (region)"):][:5] == ["CD3 (region)", "8", "0.90 (0.80 to 0.95)",
-                                                       "0.75 (0.50 to 0.90)", "&nbsp;"]
+    assert cells[cells.index("HER2"):][:4] == ["HER2", "12 regions", f"— ({reason})",
+                                               "0.00 (0.00 to 0.00)"]
+    assert cells[cells.index("CD3"):][:4] == ["CD3", "8 regions", "0.90 (0.80 to 0.95)",
+                                              "0.75 (0.50 to 0.90)"]
+
+
+def test_front_page_gives_each_marker_its_level_with_most_pairs(tmp_path, repo_root):
+    """A TMA's 40 cores outrank a slide's grid regions and the slides; when every marker
+    has the same level and n, it is said once above the table."""
+    stores = [fake_store(tmp_path / "a.h5", [1])]
+    agreement = write_tsv(
+        tmp_path / "agreement.tsv", marker=["CD3"] * 3 + ["ER"] * 3,
+        level=["slide", "region", "core"] * 2, pearson_r=[0.1, 0.5, 0.8, 0.2, 0.4, 0.6],
+        n=[3, 29, 40] * 2, pearson_ci_low=[-1, 0.2, 0.7, -1, 0.1, 0.4],
+        pearson_ci_high=[1, 0.7, 0.9, 1, 0.6, 0.75], kappa=[0.0, 0.3, 0.5, 0.1, 0.2, 0.4],
+        kappa_ci_low=[0.0, 0.1, 0.3, 0.0, 0.0, 0.2], kappa_ci_high=[0.5, 0.5, 0.7, 0.4, 0.4, 0.6],
+        reason=[np.nan] * 6)
+    summary = summarise_run(["xenium"], stores, agreement=agreement, samples=["a"])
+    assert [(v["marker"], v["level"]) for v in summary["hscore_main"]] == [("CD3", "core"),
+                                                                          ("ER", "core")]
+    _, html = render_front_page(repo_root, json.loads(json.dumps(summary)))
+    assert "system-message" not in html and "over 40 cores" in html
+    cells = re.findall(r"<td>(?:<p>)?(.*?)(?:</p>)?</td>", html)
+    assert cells[cells.index("CD3"):][:3] == ["CD3", "0.80 (0.70 to 0.90)", "0.50 (0.30 to 0.70)"]
 
 
 def test_skipped_stages_are_on_the_front_page(tmp_path, repo_root):

@@ -16,6 +16,7 @@ from lifelines.utils import concordance_index
 from pastflow.cli import main
 from pastflow.errors import InputError
 from pastflow.models.pathways import GeneSet
+from pastflow.cores import CellPatients
 from pastflow.survival.cohort import (FEATURE_FILES, FIGURE_FILES, MODEL_FILES, load_cohort,
                                       read_cohort, read_true_hazard, run_survival, write_cohort)
 from pastflow.survival.cox import FoldTransform, fit_cox, inner_cindex, ridge_cox_coefficients
@@ -99,7 +100,7 @@ def test_slides_of_one_patient_never_split(tmp_path):
             mapping[sample] = f"P{i}"
             paths.append(write_embedding(tmp_path / f"{sample}.h5ad", sample,
                                          rng.normal(size=(20 + j, 4))))
-    cells = read_cell_embeddings(paths, mapping)
+    cells = read_cell_embeddings(paths, CellPatients(mapping))
     assert len(cells) == 12 and cells["P2"].shape == (20 + 21 + 22, 4)
     patients = list(cells)
     folds = patient_folds(patients, np.array([1, 0] * 6), n_splits=3, n_repeats=2, seed=0)
@@ -246,7 +247,7 @@ def test_pathway_features_rank_patients_by_their_predicted_programme(tmp_path):
         expr[:, :3] += level
         mapping[f"s{i}"] = f"P{i}"
         paths.append(write_prediction(tmp_path / f"s{i}.h5ad", f"s{i}", expr, genes))
-    scores = pathway_features(paths, mapping, sets)
+    scores = pathway_features(paths, CellPatients(mapping), sets)
     assert list(scores.columns) == ["molecular_PROLIF", "molecular_T"]  # TINY: < 3 genes
     assert list(scores.index) == ["P0", "P1", "P2", "P3"]
     assert np.all(np.diff(scores["molecular_PROLIF"]) > 0.5)
@@ -260,12 +261,12 @@ def test_hscore_clinical_and_mapping_parsers(tmp_path):
                           "hscore": [120.0, 200.0, 30.0, 5.0]})
     path = tmp_path / "hscores.tsv"
     table.to_csv(path, sep="\t", index=False)
-    h = hscore_features([path], {"s1": "P1", "s2": "P2"})
+    h = hscore_features([path], CellPatients({"s1": "P1", "s2": "P2"}))
     assert h.loc["P1", "molecular_hscore_Ki67"] == 120.0 and "P2" not in h.index
     with pytest.raises(InputError, match="hscore"):
         bad = tmp_path / "bad.tsv"
         table.drop(columns="hscore").to_csv(bad, sep="\t", index=False)
-        hscore_features([bad], {"s1": "P1"})
+        hscore_features([bad], CellPatients({"s1": "P1"}))
 
     n = 12
     clinical = pd.DataFrame({"os_time": np.arange(1.0, n + 1), "os_event": [1, 0] * (n // 2),
@@ -357,7 +358,7 @@ def cohort(tmp_path):
 
 def test_run_survival_on_a_synthetic_cohort(tmp_path, cohort):
     settings = SurvivalSettings(**SETTINGS)
-    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], settings)
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], CellPatients(cohort["mapping"]), settings)
     assert len(data.patients) == cohort["n"]
     assert data.cells["P00"].shape[0] == cohort["first_cells"] + 10
     out = tmp_path / "survival"
@@ -393,7 +394,7 @@ def test_the_clinical_baseline_is_cross_validated_in_the_same_folds_and_compared
     clinical["stage"] = np.select([rank < 0.33, rank < 0.66], ["III", "II"], "I")
     clinical.to_csv(cohort["clinical"], sep="\t", index=False)
     settings = SurvivalSettings(**{**SETTINGS, "mil_epochs": 0})
-    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], settings)
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], CellPatients(cohort["mapping"]), settings)
     groups = modality_columns(data.features)
     assert groups["clinical"] == ["clinical_age", "clinical_stage_II", "clinical_stage_III"]
     run_survival(data, tmp_path, settings, progress=False)
@@ -443,11 +444,12 @@ def test_three_commands_reproduce_the_one_shot_run(tmp_path, cohort):
                                        (f"--{f[:-4].replace('_', '-')}", str(out / f))],
                  "--out-dir", str(out)]) == 0
     for figure in FIGURE_FILES:
-        assert (out / figure).stat().st_size > 10_000
+        assert (out / figure).stat().st_size > 5_000  # light, not blank (figures.save_figure)
 
     # The same computation in one process, from the inputs: identical tables.
     one_shot = SurvivalSettings(**SETTINGS)
-    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], one_shot)
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], CellPatients(cohort["mapping"]),
+                       one_shot)
     stored = read_cohort(out / "features.tsv", out / "outcomes.tsv", out / "cells.npz")
     pd.testing.assert_frame_equal(stored.features, data.features, check_exact=True)
     assert stored.patients == data.patients
@@ -465,7 +467,7 @@ def test_settings_shape_the_models(tmp_path, cohort):
     assert mil_config(SurvivalSettings(mil_epochs=7, mil_cells=5, seed=2)) == \
         MILConfig(epochs=7, max_cells=5, seed=2)
     settings = SurvivalSettings(**{**SETTINGS, "mil_epochs": 0, "folds": 4, "repeats": 2})
-    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], settings)
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], CellPatients(cohort["mapping"]), settings)
     write_cohort(data, tmp_path)
     run_survival(read_cohort(*(tmp_path / f for f in FEATURE_FILES)), tmp_path, settings,
                  progress=False)
@@ -492,7 +494,7 @@ def test_commands_reject_bad_input_naming_the_file_or_key(tmp_path, cohort, caps
     assert not out.exists()
 
     settings = SurvivalSettings(**SETTINGS)
-    data = load_cohort(cohort["clinical"], cohort["embeddings"], cohort["mapping"], settings)
+    data = load_cohort(cohort["clinical"], cohort["embeddings"], CellPatients(cohort["mapping"]), settings)
     write_cohort(data, out)
     outcomes = pd.read_csv(out / "outcomes.tsv", sep="\t")
     outcomes.iloc[::-1].to_csv(out / "outcomes.tsv", sep="\t", index=False)

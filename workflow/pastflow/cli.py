@@ -40,6 +40,7 @@ STAGE_MODULES = {
     "survival-figures": "pastflow.survival.cli",
     "cohort": "pastflow.cohort.cli",  # not a workflow stage: builds a sheet (HEST-1k)
     "sheet": "pastflow.scan.cli",  # not a workflow stage: a sheet from a folder of vendor outputs
+    "timings": "pastflow.timings.cli",  # not a workflow stage: a run's time per stage
 }
 
 

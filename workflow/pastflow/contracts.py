@@ -28,8 +28,12 @@ SHEET_COLUMNS = ("sample", "patient", "technology", "data", "image", "alignment"
 # Optional columns: a sheet may leave them out; the loaded sheet always has them ('' = not given).
 #   mpp:       level-0 microns per pixel of this sample's H&E, for a file that records none;
 #              empty = the config key `ingest.mpp`
+#   cores:     a tissue-microarray slide's core map (TSV: core, patient, x_px, y_px,
+#              radius_px; pastflow.cores), whose patients replace the row's `patient` (then
+#              the TMA block's id) for survival and per-core H-scores; empty = one section
 SHEET_MPP_COLUMN = "mpp"
-OPTIONAL_SHEET_COLUMNS = (SHEET_MPP_COLUMN,)
+SHEET_CORES_COLUMN = "cores"
+OPTIONAL_SHEET_COLUMNS = (SHEET_MPP_COLUMN, SHEET_CORES_COLUMN)
 
 OBS_COLUMNS = ("cell_id", "sample", "patient", "x_px", "y_px", "x_vendor", "y_vendor")
 

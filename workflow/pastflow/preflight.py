@@ -34,14 +34,16 @@ MODEL_STAGES = "pretrain, embed, predict, evaluate, stain, survival"
 
 
 def check_run(settings, samples: pd.DataFrame, *, simulated: bool,
-              model_samples: Sequence[str], run_survival: bool) -> list[str]:
+              model_samples: Sequence[str], run_survival: bool,
+              patients: Sequence[str] | None = None) -> list[str]:
     """Check what the run's stages will read against each other; return the notes of the
     stages it skips (:func:`stage_notes`).
 
     ``settings``: the resolved :class:`pastflow.config.WorkflowConfig`; ``samples``: the
     checked sheet (:func:`pastflow.sheet.load_sample_sheet`); ``model_samples``: the samples
     pretraining trains on (none: no model stage runs); ``run_survival``: whether the
-    survival stage runs.
+    survival stage runs; ``patients``: the cohort's patients (default the sheet's; a
+    tissue-microarray row contributes its cores' patients, :func:`pastflow.cores.cohort_patients`).
 
     Raises:
         InputError: a panel or marker gene no sample measures, a stain image of a marker
@@ -50,24 +52,25 @@ def check_run(settings, samples: pd.DataFrame, *, simulated: bool,
     """
     if model_samples:
         check_genes(settings, samples, simulated=simulated)
+    patients = list(samples["patient"]) if patients is None else list(patients)
     if run_survival and settings.survival.clinical:
         from pastflow.clinical import read_clinical
 
-        read_clinical(settings.survival.clinical, samples["patient"])
-    return stage_notes(settings, samples, simulated=simulated, model_samples=model_samples,
+        read_clinical(settings.survival.clinical, patients)
+    return stage_notes(settings, patients, simulated=simulated, model_samples=model_samples,
                        run_survival=run_survival)
 
 
-def stage_notes(settings, samples: pd.DataFrame, *, simulated: bool,
+def stage_notes(settings, patients: Sequence[str], *, simulated: bool,
                 model_samples: Sequence[str], run_survival: bool) -> list[str]:
-    """One line per stage the run skips, and why."""
+    """One line per stage the run skips, and why (``patients``: the cohort's)."""
     if not model_samples:
         return [f"no training samples (split train, with expression): model stages "
                 f"skipped ({MODEL_STAGES})"]
     if run_survival:
         return []
     clinical = settings.survival.clinical or ("simulated" if simulated else "none")
-    return [f"survival skipped ({samples['patient'].nunique()} patients, "
+    return [f"survival skipped ({len(set(patients))} patients, "
             f"survival.min_patients={settings.survival.min_patients}, clinical table: "
             f"{clinical})"]
 

@@ -15,13 +15,14 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from pastflow.contracts import OPTIONAL_SHEET_COLUMNS, SHEET_COLUMNS, SHEET_MPP_COLUMN
+from pastflow.contracts import (OPTIONAL_SHEET_COLUMNS, SHEET_COLUMNS, SHEET_CORES_COLUMN,
+                                SHEET_MPP_COLUMN)
 from pastflow.errors import InputError
 from pastflow.technologies import NAMES as TECHNOLOGY_NAMES
 from pastflow.technologies import REGISTRY as TECHNOLOGIES
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
-PATH_COLUMNS = ("data", "image", "alignment")
+PATH_COLUMNS = ("data", "image", "alignment", SHEET_CORES_COLUMN)
 
 
 def sample_schema() -> dict:
@@ -178,7 +179,7 @@ def _check_patient_splits(path: Path, sheet: pd.DataFrame, lines: list[int]) -> 
 def _check_inputs_listed_once(path: Path, sheet: pd.DataFrame, lines: list[int]) -> None:
     """No data folder or image under two samples: the same slide twice (e.g. once as
     train, once as test under another id) would leak and double-count."""
-    for column in ("data", "image"):
+    for column in ("data", "image", SHEET_CORES_COLUMN):
         owner: dict[str, int] = {}
         for i, value in enumerate(sheet[column]):
             if not value:

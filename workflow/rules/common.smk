@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # import pastflow from this che
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+from pastflow.cores import cohort_patients, sheet_core_patients
 from pastflow.config import STAGE_SECTIONS, config_schema, resolve_workflow_config
 from pastflow.errors import InputError
 from pastflow.preflight import check_run, write_notes
@@ -41,6 +42,14 @@ try:
         check_paths=not SIMULATED,
         split_by_patient=SETTINGS.split_by_patient,
     )
+    # Tissue-microarray rows (sheet column `cores`): the cores' patients stand for the row's.
+    if SIMULATED:  # the core maps do not exist yet: the simulator's naming
+        from pastflow.simulate.tma import simulated_core_patients
+
+        CORE_PATIENTS = simulated_core_patients(samples, SETTINGS.simulate)
+    else:
+        CORE_PATIENTS = sheet_core_patients(samples)
+    PATIENTS = cohort_patients(samples, CORE_PATIENTS)
 except InputError as err:
     sys.exit(f"pastflow: invalid input: {err}")
 SETTINGS_DIR = "results/settings"
@@ -88,7 +97,7 @@ SUMMARY = "results/summary.json"
 SURVIVAL = "results/survival"
 SURVIVAL_FIGURES = ("cindex", "km", "forest", "td_auc")  # rule survival_figures
 # Survival needs tens of patients with outcomes: the simulated cohort, or a user's table.
-SURVIVAL_PATIENTS = len(set(samples["patient"]))
+SURVIVAL_PATIENTS = len(PATIENTS)
 RUN_SURVIVAL = bool(
     PRETRAIN_SAMPLES
     and (SIMULATED or SETTINGS.survival.clinical)
@@ -104,6 +113,7 @@ try:
         simulated=SIMULATED,
         model_samples=PRETRAIN_SAMPLES,
         run_survival=RUN_SURVIVAL,
+        patients=PATIENTS,
     )
 except InputError as err:
     sys.exit(f"pastflow: invalid input: {err}")
@@ -174,6 +184,28 @@ def ingest_inputs(wildcards):
     return [row[c] for c in ("data", "image", "alignment") if row[c]]
 
 
+def core_map(sample):
+    """A tissue-microarray sample's core map (sheet column ``cores``), else ''."""
+    return samples.loc[sample, "cores"]
+
+
+def core_map_input(wildcards):
+    """The job's core map input: the map, or the simulated sample's folder that holds it."""
+    if not core_map(wildcards.sample):
+        return []
+    return (
+        [f"{SIM_OUT}/{wildcards.sample}"] if SIMULATED else [core_map(wildcards.sample)]
+    )
+
+
+def core_map_option(wildcards):
+    """``--cores PATH`` for a tissue-microarray sample, else nothing."""
+    return option("--cores", core_map(wildcards.sample))
+
+
+TMA_SAMPLES = [s for s in SAMPLES if core_map(s)]
+
+
 def qc_table(wildcards):
     """The sample's QC table, or nothing for an H&E-only sample."""
     if wildcards.sample in EXPRESSION_SAMPLES:
@@ -198,6 +230,7 @@ def summary_inputs(wildcards):
     inputs = {"stores": expand("results/patches/{sample}.h5", sample=SAMPLES)}
     if PRETRAIN_SAMPLES and EVALUATE_SAMPLES:
         inputs["metrics"] = "results/predict/metrics.tsv"
+        inputs["paired"] = "results/predict/paired.tsv"
         inputs["agreement"] = "results/stain/hscore_agreement.tsv"
     if RUN_SURVIVAL:
         inputs["cindex"] = "results/survival/cindex.tsv"

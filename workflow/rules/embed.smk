@@ -12,6 +12,8 @@ rule embed:
         "results/embed/{sample}.h5ad",
     log:
         "results/logs/embed/{sample}.log",
+    benchmark:
+        "results/benchmarks/embed/{sample}.tsv"
     conda:
         "../../envs/embed.yaml"
     threads: 4
@@ -26,4 +28,4 @@ rule embed:
         "OMP_NUM_THREADS={threads:q} {params.pastflow} embed --model {params.model:q}"
         " --store {input.store:q} {params.table} --sample {wildcards.sample:q}"
         " --split {params.row[split]:q} --out {output:q}"
-        " --settings {input.settings:q} --no-progress > {log:q} 2>&1"
+        " --settings {input.settings:q} > {log:q} 2>&1"

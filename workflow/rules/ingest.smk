@@ -6,6 +6,8 @@ rule ingest:
         directory("results/ingest/{sample}.zarr"),
     log:
         "results/logs/ingest/{sample}.log",
+    benchmark:
+        "results/benchmarks/ingest/{sample}.tsv"
     conda:
         "../../envs/ingest.yaml"
     resources:

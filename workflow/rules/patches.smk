@@ -13,6 +13,8 @@ rule patches:
         ),
     log:
         "results/logs/patches/{sample}.log",
+    benchmark:
+        "results/benchmarks/patches/{sample}.tsv"
     conda:
         "../../envs/patches.yaml"
     resources:

@@ -10,6 +10,8 @@ rule predict:
         "results/predict/{sample}.h5ad",
     log:
         "results/logs/predict/{sample}.log",
+    benchmark:
+        "results/benchmarks/predict/{sample}.tsv"
     conda:
         "../../envs/predict.yaml"
     resources:
@@ -60,6 +62,8 @@ rule evaluate:
         ),
     log:
         "results/logs/predict/evaluate.log",
+    benchmark:
+        "results/benchmarks/evaluate.tsv"
     conda:
         "../../envs/predict.yaml"
     resources:
@@ -72,7 +76,7 @@ rule evaluate:
         " --train-embeddings {input.train_embeddings:q}"
         " --train-tables {input.train_tables:q} --metrics {output.metrics:q}"
         " --per-gene {output.per_gene:q} --paired {output.paired:q}"
-        " --figures {output.figures:q} --settings {input.settings:q} --no-progress"
+        " --figures {output.figures:q} --settings {input.settings:q}"
         " > {log:q} 2>&1"
 
 
@@ -94,6 +98,8 @@ rule evaluate_lopo:
         ),
     log:
         "results/logs/predict/evaluate_lopo.log",
+    benchmark:
+        "results/benchmarks/evaluate_lopo.tsv"
     conda:
         "../../envs/predict.yaml"
     resources:

@@ -25,6 +25,8 @@ rule pretrain:
         ),
     log:
         "results/logs/pretrain/pretrain.log",
+    benchmark:
+        "results/benchmarks/pretrain.tsv"
     retries: 2
     conda:
         "../../envs/pretrain.yaml"
@@ -38,5 +40,4 @@ rule pretrain:
     shell:
         "OMP_NUM_THREADS={threads:q} {params.launch} pretrain --settings {input.settings:q}"
         " --stores {input.stores:q} --tables {input.tables:q} {params.validation}"
-        " --out {params.out:q}"
-        " --no-progress > {log:q} 2>&1"
+        " --out {params.out:q} > {log:q} 2>&1"

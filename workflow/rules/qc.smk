@@ -20,6 +20,8 @@ rule qc:
         ),
     log:
         "results/logs/qc/{sample}.log",
+    benchmark:
+        "results/benchmarks/qc/{sample}.tsv"
     conda:
         "../../envs/qc.yaml"
     resources:

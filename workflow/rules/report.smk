@@ -17,6 +17,8 @@ rule summary:
         ),
     log:
         "results/logs/summary.log",
+    benchmark:
+        "results/benchmarks/summary.tsv"
     conda:
         "../../envs/predict.yaml"
     resources:
@@ -27,7 +29,14 @@ rule summary:
         technologies=[samples.loc[s, "technology"] for s in SAMPLES],
         optional=lambda wildcards, input: options(
             (f"--{key}", input[key])
-            for key in ("metrics", "cindex", "outcomes", "agreement", "notes")
+            for key in (
+                "metrics",
+                "paired",
+                "cindex",
+                "outcomes",
+                "agreement",
+                "notes",
+            )
             if key in input.keys()
         ),
     shell:

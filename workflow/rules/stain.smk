@@ -23,6 +23,8 @@ rule stain_calibrate:
         ),
     log:
         "results/logs/stain/calibrate.log",
+    benchmark:
+        "results/benchmarks/stain_calibrate.tsv"
     conda:
         "../../envs/stain.yaml"
     resources:
@@ -32,7 +34,7 @@ rule stain_calibrate:
     shell:
         "{params.pastflow} stain-calibrate --tables {input.tables:q}"
         " --predictions {input.predictions:q} --panel {input.panel:q}"
-        " --settings {input.settings:q} --out {output:q} --no-progress > {log:q} 2>&1"
+        " --settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Per sample, every sample: levels and H-scores from predicted expression (and from measured
@@ -44,12 +46,15 @@ rule stain:
         cutoffs="results/stain/cutoffs.tsv",
         panel=STAIN_PANEL,
         table=qc_table,
+        cores=core_map_input,
         settings=settings_file("stain"),
     output:
         hscores="results/stain/{sample}/hscores.tsv",
         cells="results/stain/{sample}/cells.tsv.gz",
     log:
         "results/logs/stain/{sample}.log",
+    benchmark:
+        "results/benchmarks/stain/{sample}.tsv"
     conda:
         "../../envs/stain.yaml"
     resources:
@@ -57,10 +62,11 @@ rule stain:
     params:
         pastflow=PASTFLOW,
         table=optional_table,
+        cores=core_map_option,
         out_dir=lambda wildcards, output: Path(output.hscores).parent,
     shell:
         "{params.pastflow} stain --prediction {input.prediction:q} --store {input.store:q}"
-        " --cutoffs {input.cutoffs:q} --panel {input.panel:q} {params.table}"
+        " --cutoffs {input.cutoffs:q} --panel {input.panel:q} {params.table} {params.cores}"
         " --settings {input.settings:q} --sample {wildcards.sample:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
@@ -74,6 +80,7 @@ rule stain_images:
         store="results/patches/{sample}.h5",
         panel=STAIN_PANEL,
         table=qc_table,
+        cores=core_map_input,
         settings=settings_file("stain"),
     output:
         images=expand(
@@ -89,6 +96,8 @@ rule stain_images:
         ),
     log:
         "results/logs/stain/{sample}_images.log",
+    benchmark:
+        "results/benchmarks/stain_images/{sample}.tsv"
     conda:
         "../../envs/stain.yaml"
     resources:
@@ -96,12 +105,13 @@ rule stain_images:
     params:
         pastflow=PASTFLOW,
         table=optional_table,
+        cores=core_map_option,
         out_dir=lambda wildcards, output: Path(output.thumbnails).parent,
     shell:
         "{params.pastflow} stain-images --cells {input.cells:q} --hscores {input.hscores:q}"
-        " --store {input.store:q} --panel {input.panel:q} {params.table}"
+        " --store {input.store:q} --panel {input.panel:q} {params.table} {params.cores}"
         " --settings {input.settings:q} --sample {wildcards.sample:q}"
-        " --out-dir {params.out_dir:q} --no-progress > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # Cohort level: the test samples with measured expression.
@@ -134,6 +144,8 @@ rule stain_agreement:
         ),
     log:
         "results/logs/stain/agreement.log",
+    benchmark:
+        "results/benchmarks/stain_agreement.tsv"
     conda:
         "../../envs/stain.yaml"
     resources:

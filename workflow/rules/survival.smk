@@ -11,12 +11,18 @@ rule survival_features:
         predictions=expand("results/predict/{sample}.h5ad", sample=SAMPLES),
         hscores=survival_hscores,
         gene_sets=survival_gene_sets(),
+        cores=[
+            f"{SIM_OUT}/{sample}" if SIMULATED else core_map(sample)
+            for sample in TMA_SAMPLES
+        ],
     output:
         features=f"{SURVIVAL}/features.tsv",
         outcomes=f"{SURVIVAL}/outcomes.tsv",
         cells=f"{SURVIVAL}/cells.npz",
     log:
         "results/logs/survival/survival_features.log",
+    benchmark:
+        "results/benchmarks/survival_features.tsv"
     conda:
         "../../envs/survival.yaml"
     threads: 2
@@ -25,12 +31,15 @@ rule survival_features:
     params:
         pastflow=PASTFLOW,
         out=lambda wildcards, output: Path(output.features).parent,
+        # Each tissue-microarray sample's core map, as SAMPLE=PATH.
+        cores=list_option("--cores", [f"{s}={core_map(s)}" for s in TMA_SAMPLES]),
     shell:
         "OMP_NUM_THREADS={threads:q} {params.pastflow} survival-features"
         " --settings {input.settings:q} --sheet {input.sheet:q}"
         " --clinical {input.clinical:q} --embeddings {input.embeddings:q}"
         " --predictions {input.predictions:q} --hscores {input.hscores:q}"
-        " --gene-sets {input.gene_sets:q} --out-dir {params.out:q} > {log:q} 2>&1"
+        " --gene-sets {input.gene_sets:q} {params.cores} --out-dir {params.out:q}"
+        " > {log:q} 2>&1"
 
 
 rule survival:
@@ -54,6 +63,8 @@ rule survival:
         td_auc=f"{SURVIVAL}/td_auc.tsv",
     log:
         "results/logs/survival/survival.log",
+    benchmark:
+        "results/benchmarks/survival.tsv"
     conda:
         "../../envs/survival.yaml"
     threads: 2
@@ -67,7 +78,7 @@ rule survival:
         "OMP_NUM_THREADS={threads:q} {params.pastflow} survival"
         " --settings {input.settings:q} --features {input.features:q}"
         " --outcomes {input.outcomes:q} --cells {input.cells:q} {params.truth}"
-        " --out-dir {params.out:q} --no-progress > {log:q} 2>&1"
+        " --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule survival_figures:
@@ -108,6 +119,8 @@ rule survival_figures:
         ),
     log:
         "results/logs/survival/survival_figures.log",
+    benchmark:
+        "results/benchmarks/survival_figures.tsv"
     conda:
         "../../envs/survival.yaml"
     resources:

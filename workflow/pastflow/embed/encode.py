@@ -71,7 +71,7 @@ def embed_images(model: PastModel, store: PatchStore, rows: np.ndarray, *, mean:
     training ``mean``/``std``. With spatial fusion (``model.k_neighbors > 0``) each cell's
     neighbours are its nearest cells among ``rows``. bf16 autocast on CUDA, fp32 on CPU.
     """
-    from tqdm import tqdm
+    from pastflow.progress import progress_bar
 
     device = torch.device(device)
     model = model.to(device).eval()
@@ -83,7 +83,7 @@ def embed_images(model: PastModel, store: PatchStore, rows: np.ndarray, *, mean:
     out = np.empty((len(rows), int(model.config["embed_dim"])), np.float32)
     buffer = np.empty((batch_size * (1 + k), 3, size, size), np.uint8)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with tqdm(total=len(rows), unit="cell", desc=desc, disable=not progress) as bar:
+    with progress_bar(total=len(rows), unit="cell", desc=desc, enabled=progress) as bar:
         for part in _batches(len(rows), batch_size):
             n = part.stop - part.start
             patches = _normalise(store.read(rows[part], size=size, out=buffer[:n]), mean_t, std_t,

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from tqdm import tqdm
 
 from pastflow.errors import InputError
 from pastflow.hest_layout import HestPaths
 from pastflow.ingest.common import SampleParts, check_in_image
+from pastflow.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ def count_transcripts(path: Path, cell_ids: np.ndarray, min_qv: float,
     genes: dict[str, int] = {}
     parts = []  # per batch, its (cell, gene) counts summed: one sum at the end, not per batch
     tallies = {"counted": 0, "unassigned": 0, "low_qv": 0, "control": 0}
-    with tqdm(total=table.metadata.num_rows, desc=f"counting {path.name}", unit="transcript",
-              unit_scale=True, disable=not progress, mininterval=2.0) as bar:
+    with progress_bar(total=table.metadata.num_rows, desc=f"counting {path.name}",
+                      unit="transcript", unit_scale=True, enabled=progress) as bar:
         for batch in table.iter_batches(batch_size=BATCH_ROWS, columns=columns):
             bar.update(batch.num_rows)
             feature = _column_text(batch, "feature_name")

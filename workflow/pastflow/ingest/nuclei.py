@@ -37,9 +37,9 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 from skimage.transform import downscale_local_mean
-from tqdm import tqdm
 
 from pastflow.errors import InputError
+from pastflow.progress import progress_bar
 from pastflow.slide import Slide, level_for_mpp
 
 log = logging.getLogger(__name__)
@@ -275,8 +275,8 @@ def iter_nucleus_tiles(slide: Slide, mpp: float, *, target_mpp: float = TARGET_M
     max_area = MAX_AREA_UM2 / grid.work_mpp**2
     halo_work = grid.halo // grid.factor
     core_work = grid.tile // grid.factor
-    for x0, y0 in tqdm(grid.tile_origins(), desc=f"nuclei {slide.path.name}", unit="tile",
-                       disable=not progress, mininterval=2.0):
+    for x0, y0 in progress_bar(grid.tile_origins(), desc=f"nuclei {slide.path.name}", unit="tile",
+                               enabled=progress):
         rgb = _read_work_tile(slide, grid, x0, y0)
         if rgb.min() >= TISSUE_MAX_RGB:
             continue  # glass only

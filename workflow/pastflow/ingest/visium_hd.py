@@ -46,7 +46,7 @@ from pastflow.ingest.common import (
     looks_like_counts,
 )
 from pastflow.ingest.settings import VisiumHDSettings
-from pastflow.ingest.tenx_h5 import FeatureBarcodeH5
+from pastflow.ingest.tenx_h5 import CHUNK_BARCODES, FeatureBarcodeH5
 from pastflow.ingest.visium import image_scale, read_scalefactors
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,11 @@ def read_bin_positions(path: Path, bin_um: int) -> tuple[tuple[int, int], pd.Dat
 def read_bin_chunks(matrix: FeatureBarcodeH5, shape: tuple[int, int], positions: str | Path,
                     progress: bool):
     """``(array_row, array_col, counts)`` of the matrix's bins, a chunk at a time."""
-    from tqdm import tqdm
+    from pastflow.progress import progress_bar
 
-    for barcodes, counts in tqdm(matrix.chunks(), desc=f"bins {matrix.path.parent.name}", unit="chunk",
-                                 disable=not progress, mininterval=2.0):
+    for barcodes, counts in progress_bar(matrix.chunks(), desc=f"bins {matrix.path.parent.name}",
+                                         total=-(-matrix.n_barcodes // CHUNK_BARCODES),
+                                         unit="chunk", enabled=progress):
         parsed = parse_bin_barcodes(barcodes, CELL_BIN_UM)
         if parsed is None:
             raise InputError(matrix.path, f"barcodes are not Space Ranger {CELL_BIN_UM} um bin barcodes "

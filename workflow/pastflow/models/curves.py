@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pastflow.atomic import atomic_path
+from pastflow.figures import save_figure
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -67,6 +67,5 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path | None = None, 
     fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
+        save_figure(fig, path, close=False)  # the caller gets the figure back
     return fig

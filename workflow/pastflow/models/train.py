@@ -378,10 +378,11 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
     preempted, start = False, time.perf_counter()
     # .get: a checkpoint written before validation existed resumes without validation.
     patience = int(train.get("early_stopping_patience") or 0)
-    from tqdm import tqdm
+    from pastflow.progress import progress_bar
 
-    with StopRequest() as stop, tqdm(total=steps, initial=run.step, unit="step", desc="pretrain",
-                                     disable=not (progress and context.is_main)) as bar:
+    with StopRequest() as stop, progress_bar(total=steps, initial=run.step, unit="step",
+                                             desc="pretrain",
+                                             enabled=progress and context.is_main) as bar:
         while run.step < steps and not preempted and not run.stop_early(patience):
             sampler.set_position(run.epoch, run.batches_done)
             dataset.set_epoch(run.epoch)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pastflow.atomic import atomic_path
+from pastflow.figures import save_figure
 from pastflow.patches.reader import PatchStore
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def save_gallery(
     patches = store.read(indices, size=size)
     rows = max(1, math.ceil(len(indices) / columns))
     fig, axes = plt.subplots(
-        rows, columns, figsize=(columns * 1.3, rows * 1.3 + 0.5), squeeze=False
+        rows, columns, figsize=(columns * 1.5, rows * 1.5 + 0.5), squeeze=False
     )
     centre = (size - 1) / 2
     arm = max(2.0, size / 12)
@@ -61,19 +61,16 @@ def save_gallery(
         ax.imshow(patch.transpose(1, 2, 0), interpolation="nearest")
         ax.plot([centre - arm, centre + arm], [centre, centre], color="lime", lw=0.8)
         ax.plot([centre, centre], [centre - arm, centre + arm], color="lime", lw=0.8)
-        ax.set_title(str(store.cell_ids[index])[:18], fontsize=5, pad=1.5)
+        ax.set_title(str(store.cell_ids[index])[:18], fontsize=6.5, pad=1.5)
         if not store.in_tissue[index]:
             ax.add_patch(plt.Rectangle((0, 0), size - 1, size - 1, fill=False, ec="red", lw=1.5))
     name = title or Path(store.attrs["source_slide"]).name
     fig.suptitle(
         f"{name}: {len(indices)} of {len(store)} {store.unit}s, {size} px at {store.mpp:.3f} "
         f"um/px ({size * store.mpp:.0f} um); + = {store.unit} centre, red = tissue-free",
-        fontsize=8,
+        fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.97), pad=0.3)
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=150)
-    plt.close(fig)
+    out_png = save_figure(fig, out_png)
     log.info("%s: gallery of %d patches", out_png, len(indices))
     return out_png

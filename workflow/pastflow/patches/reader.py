@@ -260,7 +260,8 @@ def export_patches_h5(
     and ``/cell_ids``, with the store's ``mpp``; atomically. Mind the size: ``3 h w`` bytes a cell.
     """
     import h5py
-    from tqdm import tqdm
+
+    from pastflow.progress import progress_bar
 
     indices = np.arange(len(store)) if indices is None else np.asarray(indices, np.int64)
     size = store.patch_px if size is None else int(size)
@@ -277,7 +278,8 @@ def export_patches_h5(
             chunks=(1, 3, size, size),
         )
         buffer = np.empty((batch, 3, size, size), np.uint8)
-        for start in tqdm(range(0, len(indices), batch), desc="export patches", unit="batch"):
+        for start in progress_bar(range(0, len(indices), batch), desc="export patches",
+                                  unit="batch"):
             part = indices[start : start + batch]
             patches[start : start + len(part)] = store.read(
                 part, size=size, out=buffer[: len(part)]

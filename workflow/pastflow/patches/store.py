@@ -152,7 +152,7 @@ def build_patch_store(
         unit, unit_diameter_um: what a row measures (:data:`pastflow.contracts.UNITS`) and its
             diameter, recorded for the models that read the store.
         workers: threads decoding tiles (default: :func:`default_workers`).
-        progress: show a tqdm bar over the strips.
+        progress: show progress over the strips (:func:`pastflow.progress.progress_bar`).
 
     Returns:
         :class:`PatchStoreStats`, including ``bytes_per_cell``.
@@ -451,7 +451,7 @@ def _write_image(
     path: Path, offset: int, slide: Slide, geometry: StoreGeometry, workers: int, progress: bool
 ) -> tuple[np.ndarray, int]:
     """Stream the level into ``/image``; returns the tissue thumbnail and its downsample factor."""
-    from tqdm import tqdm
+    from pastflow.progress import progress_bar
 
     factor = max(1, round(THUMBNAIL_UM / geometry.mpp))
     thumbnail = ThumbnailBuilder(*geometry.image_size, factor)
@@ -461,12 +461,11 @@ def _write_image(
     try:
         with (
             PlanarImageWriter(fd, offset, geometry) as writer,
-            tqdm(
+            progress_bar(
                 total=geometry.level_size[1],
                 unit="row",
                 desc=f"patches {slide.path.name}",
-                disable=not progress,
-                mininterval=1.0,
+                enabled=progress,
             ) as bar,
         ):
 

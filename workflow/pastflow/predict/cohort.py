@@ -108,7 +108,7 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
     Raises:
         InputError: no test or training sample; an unreadable or mismatched table.
     """
-    from tqdm import tqdm
+    from pastflow.progress import progress_bar
 
     if not tests:
         raise InputError(None, "no test sample with measured expression to evaluate")
@@ -122,7 +122,7 @@ def evaluate_cohort(tests: Sequence[tuple[str, str, str]], train: Sequence[tuple
     markers = list(settings.markers)
     out.figures.mkdir(parents=True, exist_ok=True)
     for index, (embedding_path, table_path, prediction_path) in enumerate(
-            tqdm(tests, desc="evaluate", unit="sample", disable=not progress)):
+            progress_bar(tests, desc="evaluate", unit="sample", enabled=progress)):
         test = read_measured(embedding_path, table_path)
         head = read_head(prediction_path)
         try:

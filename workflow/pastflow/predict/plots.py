@@ -8,8 +8,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pastflow.atomic import atomic_path
+from pastflow.figures import MAX_WIDTH_PX, figure_dpi, fit_image, save_figure
 
+DPI = 90
 METHOD_COLOURS = {"pastflow_head": "C0", "pastflow_ridge": "C2", "morphology_ridge": "C1",
                   "random_encoder": "C7", "mean_baseline": "C3"}
 
@@ -45,7 +46,9 @@ def plot_per_gene(per_gene: pd.DataFrame, sample: str, path: str | Path | None =
     genes = list(top.index) + list(extra.index)
     x = np.arange(len(genes)) + np.where(np.arange(len(genes)) >= len(top), 1.0, 0.0)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(max(8.0, 0.28 * len(genes) + 2), 4.2))
+        # At most a report column wide at DPI: scaled down instead, the labels would blur.
+        fig, ax = plt.subplots(figsize=(min(MAX_WIDTH_PX / DPI,
+                                            max(8.0, 0.28 * len(genes) + 2)), 4.2))
     else:
         fig = ax.figure
     width = 0.8 / len(methods)
@@ -135,10 +138,19 @@ def plot_marker_maps(thumbnail: np.ndarray, downsample: float, xy: np.ndarray,
     # Frame the cells, not the whole slide (glass margins waste the panel).
     pad = 0.03 * float(np.ptp(points, axis=0).max()) + 2
     (x0, y0), (x1, y1) = points.min(axis=0) - pad, points.max(axis=0) + pad
+    # Only the framed part of the H&E, at about the panel's size in the saved figure.
+    h, w = thumbnail.shape[:2]
+    left, top = max(0, int(x0)), max(0, int(y0))
+    right, bottom = min(w, int(np.ceil(x1)) + 1), min(h, int(np.ceil(y1)) + 1)
+    backdrop = thumbnail[top:max(top, bottom), left:max(left, right)]
+    if backdrop.size:
+        backdrop = fit_image(backdrop, round(3.4 * figure_dpi(fig, DPI)))
+    extent = (left - 0.5, right - 0.5, bottom - 0.5, top - 0.5)
     for row, gene in enumerate(genes):
         for col, name in enumerate(columns):
             ax = axes[row, col]
-            ax.imshow(thumbnail, alpha=0.55)
+            if backdrop.size:
+                ax.imshow(backdrop, alpha=0.55, extent=extent)
             values = panels[name][:, row]
             low, high = np.percentile(values, [1, 99])
             order = np.argsort(values)  # high values drawn last, on top
@@ -153,12 +165,11 @@ def plot_marker_maps(thumbnail: np.ndarray, downsample: float, xy: np.ndarray,
             ax.set_axis_off()
             fig.colorbar(art, ax=ax, fraction=0.04, pad=0.01)
     fig.suptitle(f"{sample}: measured vs predicted expression (log1p) over the H&E")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
     _save(fig, path)
     return fig
 
 
 def _save(fig, path) -> None:
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=90)
+        save_figure(fig, path, dpi=DPI, close=False)  # the caller gets the figure back

@@ -9,7 +9,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pastflow.figures import figure_dpi, fit_image, save_figure  # noqa: E402
 from pastflow.qc.settings import QCSettings  # noqa: E402
+
+DPI = 100
 
 
 def plot_qc_distributions(raw: ad.AnnData, thresholds: QCSettings, sample: str, path) -> None:
@@ -32,8 +35,7 @@ def plot_qc_distributions(raw: ad.AnnData, thresholds: QCSettings, sample: str, 
         ax.legend(frameon=False)
     fig.suptitle(f"{sample}: {raw.n_obs} cells, {int((raw.obs['total_counts'] >= thresholds.min_counts).sum())}"
                  f" with >= {thresholds.min_counts} counts")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, DPI)
 
 
 def plot_qc_spatial(raw: ad.AnnData, thumbnail: np.ndarray, downsample: float, sample: str,
@@ -41,7 +43,9 @@ def plot_qc_spatial(raw: ad.AnnData, thumbnail: np.ndarray, downsample: float, s
     """Total counts per cell (log10 colour) over the H&E thumbnail, in H&E pixel space."""
     h, w = thumbnail.shape[:2]
     fig, ax = plt.subplots(figsize=(7, 7 * h / w + 0.6), constrained_layout=True)
-    ax.imshow(thumbnail)
+    # At about the axis' size in the saved figure; coordinates stay the thumbnail's pixels.
+    ax.imshow(fit_image(thumbnail, round(7 * max(1.0, h / w) * figure_dpi(fig, DPI))),
+              extent=(-0.5, w - 0.5, h - 0.5, -0.5))
     x = raw.obs["x_px"].to_numpy() / downsample
     y = raw.obs["y_px"].to_numpy() / downsample
     counts = np.log10(1 + raw.obs["total_counts"].to_numpy())
@@ -50,5 +54,4 @@ def plot_qc_spatial(raw: ad.AnnData, thumbnail: np.ndarray, downsample: float, s
     fig.colorbar(points, ax=ax, shrink=0.7, label="log10(1 + total counts)")
     ax.set_title(f"{sample}: counts per cell over the H&E ({raw.n_obs} units)")
     ax.set_axis_off()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, DPI)

@@ -9,5 +9,6 @@ Modules: ``clinical`` (patient biology, hazard, survival), ``genes`` (the panel)
 ``biology`` (cell types, nucleus shapes, expression), ``tissue`` (domains, cell placement),
 ``geometry`` (tissue microns <-> H&E pixels), ``render`` (H&E tiles), ``tiff`` (pyramids),
 ``tenx`` (10x HDF5 and ids), ``xenium``, ``visium``, ``visium_hd``, ``spaceranger``,
-``slide`` (one section), ``cohort`` (entry points), ``cli``.
+``slide`` (one section), ``cohort`` (entry points), ``tma`` (a tissue microarray: many
+patients' cores on one Xenium slide), ``cli``.
 """

@@ -16,10 +16,20 @@ def _settings(args: argparse.Namespace):
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from pastflow.errors import InputError
     from pastflow.simulate.cohort import simulate_sample
+    from pastflow.simulate.tma import simulate_tma
 
-    simulate_sample(args.out, args.sample, args.patient, args.technology, seed=args.seed,
-                    settings=_settings(args), progress=not args.no_progress)
+    settings = _settings(args)
+    if args.cores == 0:
+        simulate_sample(args.out, args.sample, args.patient, args.technology, seed=args.seed,
+                        settings=settings, progress=not args.no_progress)
+    elif args.technology != "xenium":
+        raise InputError(args.out, f"--cores {args.cores}: a TMA is simulated as xenium only, "
+                                   f"not {args.technology!r}")
+    else:
+        simulate_tma(args.out, args.sample, args.patient, args.cores, settings.cells_for(args.sample),
+                     seed=args.seed, settings=settings, progress=not args.no_progress)
 
 
 def _clinical(args: argparse.Namespace) -> None:
@@ -43,11 +53,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="one sample (slide + vendor data + truth) into OUT/SAMPLE")
     p.add_argument("--out", required=True, help="output folder (the sample goes to OUT/SAMPLE)")
     p.add_argument("--sample", required=True)
-    p.add_argument("--patient", required=True)
+    p.add_argument("--patient", required=True,
+                   help="patient id; with --cores, the TMA block id (core C is patient BLOCK-C)")
     p.add_argument("--technology", required=True, choices=SIMULATED_TECHNOLOGIES)
     p.add_argument("--seed", type=int, default=0,
                    help="section seed (combined with the sample id; the workflow gives the "
                         "sample's row number)")
+    p.add_argument("--cores", type=int, default=0, metavar="N",
+                   help="N > 0: a tissue microarray of N cores, each a different patient, "
+                        "n_cells cells per core (xenium only); 0: one section of one patient")
     add_settings_argument(p, "simulate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from pastflow.atomic import atomic_path, atomic_outputs
 from pastflow.errors import InputError
+from pastflow.simulate.clinical import PatientParameters
 from pastflow.simulate.genes import REQUIRED_MARKERS
 from pastflow.simulate.slide import SimulatedSlide, simulate_slide
 from pastflow.simulate.tiff import write_pyramid
@@ -58,12 +59,10 @@ def _check_args(out_dir: Path, sample: str, patient: str, technology: str, n_cel
         raise InputError(out_dir, f"n_genes must be >= {len(REQUIRED_MARKERS)} (the required markers), got {n_genes}")
 
 
-def write_truth(truth_dir: Path, slide: SimulatedSlide, technology: str, sheet: dict[str, str],
-                extra_columns: dict[str, np.ndarray], n_genes: int, cohort_seed: int) -> None:
-    """``cells.parquet``, ``sample.json`` and ``programs.tsv`` into ``truth_dir``."""
-    truth_dir.mkdir(parents=True, exist_ok=True)
+def truth_cells(slide: SimulatedSlide, extra_columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The ``truth/cells.parquet`` table: the slide's cells plus ``extra_columns``."""
     c = slide.cells
-    table = pd.DataFrame({
+    return pd.DataFrame({
         "cell_id": c["cell_id"].astype(str),
         "cell_type": c["cell_type"].astype(str),
         "domain": c["domain"].astype(str),
@@ -74,12 +73,29 @@ def write_truth(truth_dir: Path, slide: SimulatedSlide, technology: str, sheet: 
         "y_um": c["y_um"],
         **extra_columns,
     })
-    table.to_parquet(truth_dir / "cells.parquet", index=False)
-    slide.expression.to_frame().to_csv(truth_dir / "programs.tsv", sep="\t", float_format="%.6g")
-    p = slide.patient
+
+
+def patient_truth(p: PatientParameters) -> dict:
+    """A patient's latent parameters as ``truth/sample.json`` records them."""
+    return {
+        "immune_infiltration": p.immune_infiltration,
+        "proliferation_fraction": p.proliferation_fraction,
+        "tumour_fraction": p.tumour_fraction,
+        "er_positive": p.er_positive,
+        "her2_positive": p.her2_positive,
+        "age": p.age,
+        "stage": p.stage,
+        "log_hazard": p.log_hazard,
+    }
+
+
+def truth_meta(slide: SimulatedSlide, patient: str, technology: str, sheet: dict[str, str],
+               n_genes: int, cohort_seed: int) -> dict:
+    """``truth/sample.json`` of a slide, the patient's parameters included when it has one."""
+    c = slide.cells
     meta = {
         "sample": slide.sample,
-        "patient": p.patient,
+        "patient": patient,
         "technology": technology,
         "mpp": slide.geometry.mpp,
         "n_cells": int(len(c)),
@@ -95,19 +111,21 @@ def write_truth(truth_dir: Path, slide: SimulatedSlide, technology: str, sheet: 
         "rotation_deg": slide.geometry.rotation_deg,
         "seed": slide.seed,
         "cohort_seed": cohort_seed,
-        "patient_parameters": {
-            "immune_infiltration": p.immune_infiltration,
-            "proliferation_fraction": p.proliferation_fraction,
-            "tumour_fraction": p.tumour_fraction,
-            "er_positive": p.er_positive,
-            "her2_positive": p.her2_positive,
-            "age": p.age,
-            "stage": p.stage,
-            "log_hazard": p.log_hazard,
-        },
-        # Sample-sheet entries (contracts.SHEET_COLUMNS), relative to the sample folder.
-        "sheet": sheet,
     }
+    if slide.patient is not None:
+        meta["patient_parameters"] = patient_truth(slide.patient)
+    # Sample-sheet entries (contracts.SHEET_COLUMNS), relative to the sample folder.
+    meta["sheet"] = sheet
+    return meta
+
+
+def write_truth(truth_dir: Path, slide: SimulatedSlide, technology: str, sheet: dict[str, str],
+                extra_columns: dict[str, np.ndarray], n_genes: int, cohort_seed: int) -> None:
+    """``cells.parquet``, ``sample.json`` and ``programs.tsv`` into ``truth_dir``."""
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    truth_cells(slide, extra_columns).to_parquet(truth_dir / "cells.parquet", index=False)
+    slide.expression.to_frame().to_csv(truth_dir / "programs.tsv", sep="\t", float_format="%.6g")
+    meta = truth_meta(slide, slide.patient.patient, technology, sheet, n_genes, cohort_seed)
     (truth_dir / "sample.json").write_text(json.dumps(meta, indent=2))
 
 

@@ -17,8 +17,13 @@ class SimulateSettings(Settings):
     out: str = setting("results/simulated", "where simulated slides are written")
     n_cells: int | dict[str, int] = setting(
         {"cohort*": 400, "*": 2500},
-        "cells per simulated slide: one number, or sample-name patterns (shell-style, first "
-        "match wins) to numbers", minimum=50)
+        "cells per simulated slide (per core on a TMA, see `tma_cores`): one number, or "
+        "sample-name patterns (shell-style, first match wins) to numbers", minimum=50)
+    tma_cores: int | dict[str, int] = setting(
+        {"tma*": 40, "*": 0},
+        "cores per simulated slide: N > 0 makes the sample a tissue microarray of N round cores "
+        "(Xenium only), each a different patient `<patient>-<core>` (core `A1`, `A2`, ...) with "
+        "`n_cells` cells; one number, or sample-name patterns like `n_cells`", minimum=0)
     n_genes: int = setting(300, "genes in the simulated panel (real marker symbols plus "
                                 "filler)", minimum=50)
     mpp: float = setting(0.25, "microns per pixel of the simulated H&E level 0",
@@ -29,17 +34,27 @@ class SimulateSettings(Settings):
                                 minimum=0)
 
     def check(self, fail) -> None:
-        if isinstance(self.n_cells, dict) and not self.n_cells:
-            fail("n_cells", "give one number or at least one pattern")
+        for key in ("n_cells", "tma_cores"):
+            if isinstance(getattr(self, key), dict) and not getattr(self, key):
+                fail(key, "give one number or at least one pattern")
 
     def cells_for(self, sample: str) -> int:
-        """``n_cells`` of ``sample``: the number, or the first pattern that matches it."""
-        if isinstance(self.n_cells, int):
-            return self.n_cells
-        for pattern, count in self.n_cells.items():
+        """``n_cells`` of ``sample`` (per core on a TMA)."""
+        return self._for_sample("n_cells", sample)
+
+    def cores_for(self, sample: str) -> int:
+        """``tma_cores`` of ``sample``: 0 for an ordinary one-patient slide."""
+        return self._for_sample("tma_cores", sample)
+
+    def _for_sample(self, key: str, sample: str) -> int:
+        """Setting ``key`` for ``sample``: the number, or the first pattern that matches it."""
+        value = getattr(self, key)
+        if isinstance(value, int):
+            return value
+        for pattern, count in value.items():
             if fnmatch(sample, pattern):
                 return count
         from pastflow.errors import InputError
 
-        raise InputError("config", f"config key 'simulate.n_cells': no pattern matches "
+        raise InputError("config", f"config key 'simulate.{key}': no pattern matches "
                                    f"sample {sample!r}")

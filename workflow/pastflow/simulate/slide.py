@@ -44,7 +44,7 @@ class SimulatedSlide:
     """
 
     sample: str
-    patient: PatientParameters
+    patient: PatientParameters | None  # None on a TMA: each core has its own (simulate.tma)
     seed: int
     width_um: float
     height_um: float
@@ -74,13 +74,48 @@ class SimulatedSlide:
 
     def composition(self) -> dict[str, float]:
         """Realised fraction of each cell type."""
-        frac = self.cells["cell_type"].value_counts(normalize=True)
-        return {t: round(float(frac.get(t, 0.0)), 4) for t in CELL_TYPES}
+        return composition(self.cells["cell_type"])
+
+
+def composition(cell_type: pd.Series) -> dict[str, float]:
+    """Fraction of each of :data:`CELL_TYPES` among ``cell_type`` (names), rounded to 4 places."""
+    frac = cell_type.value_counts(normalize=True)
+    return {t: round(float(frac.get(t, 0.0)), 4) for t in CELL_TYPES}
+
+
+def cell_kinds(placed: pd.DataFrame) -> np.ndarray:
+    """Each placed cell's row of the expression profiles: its type, cycling tumour cells
+    ``tumour_proliferating`` (the row after the types)."""
+    kind = placed["cell_type"].to_numpy().copy()
+    kind[placed["proliferating"].to_numpy()] = len(CELL_TYPES)
+    return kind
 
 
 def _seed_sequence(seed: int, *keys: str) -> np.random.SeedSequence:
     digest = hashlib.sha256("\x1f".join(keys).encode()).digest()
     return np.random.SeedSequence([int(seed), int.from_bytes(digest[:8], "little")])
+
+
+def cells_table(placed: pd.DataFrame, geometry: SlideGeometry, rng: np.random.Generator,
+                kind: np.ndarray, **extra: np.ndarray) -> pd.DataFrame:
+    """:attr:`SimulatedSlide.cells` of cells placed in the tissue frame (``place_cells``):
+    Xenium-style ids, type and domain names, H&E pixels, ``kind``, and any ``extra`` columns."""
+    x_px, y_px = geometry.to_px(placed["x_um"].to_numpy(), placed["y_um"].to_numpy())
+    # Unique random uint32 prefixes, sorted like Xenium's (ids increase along the table).
+    prefixes = np.sort(rng.choice(2**31, size=len(placed), replace=False).astype(np.uint32) + (1 << 20))
+    return pd.DataFrame({
+        "cell_id": xenium_cell_ids(prefixes),
+        "cell_type": pd.Categorical.from_codes(placed["cell_type"], CELL_TYPES),
+        "domain": pd.Categorical.from_codes(placed["domain"], DOMAINS),
+        "proliferating": placed["proliferating"].to_numpy(),
+        "x_um": placed["x_um"].to_numpy(),
+        "y_um": placed["y_um"].to_numpy(),
+        "x_px": x_px,
+        "y_px": y_px,
+        "shape": placed["shape"].to_numpy(),
+        "kind": kind,
+        **extra,
+    })
 
 
 def simulate_slide(sample: str, patient: str, n_cells: int, *, seed: int = 0, mpp: float = 0.25,
@@ -99,23 +134,7 @@ def simulate_slide(sample: str, patient: str, n_cells: int, *, seed: int = 0, mp
     fields = build_fields(rng, side, side, params, tissue_cover=tissue_cover)
     placed = place_cells(rng, fields, bank, params, n_cells)
     geometry = SlideGeometry.around(side, side, mpp, rotation_deg, margin_um)
-    x_px, y_px = geometry.to_px(placed["x_um"].to_numpy(), placed["y_um"].to_numpy())
-    # Unique random uint32 prefixes, sorted like Xenium's (ids increase along the table).
-    prefixes = np.sort(rng.choice(2**31, size=len(placed), replace=False).astype(np.uint32) + (1 << 20))
-    kind = placed["cell_type"].to_numpy().copy()
-    kind[placed["proliferating"].to_numpy()] = len(CELL_TYPES)  # "tumour_proliferating"
-    cells = pd.DataFrame({
-        "cell_id": xenium_cell_ids(prefixes),
-        "cell_type": pd.Categorical.from_codes(placed["cell_type"], CELL_TYPES),
-        "domain": pd.Categorical.from_codes(placed["domain"], DOMAINS),
-        "proliferating": placed["proliferating"].to_numpy(),
-        "x_um": placed["x_um"].to_numpy(),
-        "y_um": placed["y_um"].to_numpy(),
-        "x_px": x_px,
-        "y_px": y_px,
-        "shape": placed["shape"].to_numpy(),
-        "kind": kind,
-    })
+    cells = cells_table(placed, geometry, rng, cell_kinds(placed))
     expression = build_expression_model(gene_panel(n_genes), params, rng)
     log.info("laid out %s (patient %s): %d cells on %.0f x %.0f um, slide %d x %d px",
              sample, patient, len(cells), side, side, geometry.width_px, geometry.height_px)

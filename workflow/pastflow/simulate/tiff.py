@@ -25,7 +25,8 @@ from typing import Iterator, Protocol
 
 import numpy as np
 import tifffile
-from tqdm import tqdm
+
+from pastflow.progress import ProgressBar, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class _SpillTiles:
 
 
 def _level_tiles(source: TileSource, height: int, width: int, spill: _SpillFile | None,
-                 progress: tqdm | None) -> Iterator[np.ndarray]:
+                 progress: ProgressBar | None) -> Iterator[np.ndarray]:
     """Yield the tiles of one level in row-major order; spill its 2x downsample on the way.
 
     A whole tile row is rendered and spilled before its tiles are yielded: tifffile stops
@@ -187,12 +188,13 @@ def write_pyramid(path: str | Path, source: TileSource, mpp: float, layout: str 
         tile=(t, t),
         photometric="rgb" if rgb else "minisblack",
         compression=compression,
-        compressionargs={"level": quality} if compression == "jpeg" else None,
+        # zlib at level 1: ~8x faster than its default on noisy images, ~2% larger files.
+        compressionargs={"level": quality} if compression == "jpeg" else
+        {"level": 1} if compression == "zlib" else None,
         resolutionunit="CENTIMETER",
         maxworkers=maxworkers,
     )
-    bar = tqdm(total=n_tiles, desc=f"writing {path.name}", unit="tile", disable=not progress,
-               mininterval=2.0)
+    bar = progress_bar(total=n_tiles, desc=f"writing {path.name}", unit="tile", enabled=progress)
     spills: list[_SpillFile] = []
     try:
         with _single_threaded_blas(), tifffile.TiffWriter(path, bigtiff=True, ome=(layout == "ome")) as tif:

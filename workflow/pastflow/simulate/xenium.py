@@ -43,7 +43,7 @@ from pastflow.simulate.tenx import (
     xenium_cell_id_prefixes,
     write_feature_barcode_h5,
 )
-from pastflow.simulate.tiff import ArrayTiles, write_pyramid
+from pastflow.simulate.tiff import write_pyramid
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ EXPANSION_UM = 5.0  # nucleus expansion distance of XOA's default segmentation
 N_NEG_PROBES = 10
 DAPI_BY_KIND = {"tumour": 900, "fibroblast": 1400, "t_cell": 2200, "b_cell": 2000,
                 "macrophage": 1200, "endothelial": 1400, "tumour_proliferating": 1900}
+DAPI_BLUR_PX = 1.2  # optical blur of the DAPI image
+EXPAND_BLOCK = 512  # px (even): label expansion runs block by block, skipping blocks of bare glass
 
 
 def alignment_matrix(slide: SimulatedSlide) -> np.ndarray:
@@ -88,40 +90,71 @@ def _label_masks(slide: SimulatedSlide) -> tuple[np.ndarray, np.ndarray]:
             continue
         view = nuclei[a:b, c:d]
         view[inside[a - r0 + rad:b - r0 + rad, c - c0 + rad:d - c0 + rad]] = i + 1
-    # Expand on a 2x coarser grid (4x fewer pixels for the distance transform), then restore
-    # the exact nuclei on top: cell borders land within one coarse pixel (0.43 um).
-    coarse = segmentation.expand_labels(nuclei[::2, ::2], distance=EXPANSION_UM / (2 * PIXEL_SIZE))
-    expanded = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)[:h, :w]
-    expanded = np.where(nuclei > 0, nuclei, expanded).astype(np.uint32)
-    return nuclei, expanded
+    return nuclei, _expand_labels(nuclei, EXPANSION_UM / PIXEL_SIZE)
+
+
+def _expand_labels(nuclei: np.ndarray, distance_px: float) -> np.ndarray:
+    """Cell labels: ``nuclei`` expanded by ``distance_px``, each pixel to the nearest nucleus.
+
+    Block by block: a pixel's label comes from within ``distance_px``, so a block needs only
+    that much halo (same result as the whole image, up to ties) and blocks with no nucleus
+    within reach stay background untouched (glass, e.g. between TMA cores, costs nothing).
+    """
+    out = np.zeros(nuclei.shape, dtype=nuclei.dtype)  # calloc: pages never written cost nothing
+    h, w = nuclei.shape
+    halo = 2 * (int(np.ceil(distance_px / 2)) + 1)  # even: blocks sit on the coarse grid below
+    for y0 in range(0, h, EXPAND_BLOCK):
+        for x0 in range(0, w, EXPAND_BLOCK):
+            a, c = max(y0 - halo, 0), max(x0 - halo, 0)
+            crop = nuclei[a:y0 + EXPAND_BLOCK + halo, c:x0 + EXPAND_BLOCK + halo]
+            if not crop.any():
+                continue
+            # Expand on a 2x coarser grid (4x fewer pixels for the distance transform), then
+            # restore the exact nuclei on top: cell borders land within one coarse pixel (0.43 um).
+            grown = segmentation.expand_labels(crop[::2, ::2], distance=distance_px / 2)
+            grown = np.repeat(np.repeat(grown, 2, axis=0), 2, axis=1)[:crop.shape[0], :crop.shape[1]]
+            np.copyto(grown, crop, where=crop > 0)
+            out[y0:y0 + EXPAND_BLOCK, x0:x0 + EXPAND_BLOCK] = \
+                grown[y0 - a:y0 - a + EXPAND_BLOCK, x0 - c:x0 - c + EXPAND_BLOCK]
+    return out
 
 
 def _cell_polygons(slide: SimulatedSlide, cells_mask: np.ndarray, n_vertices: int = 24,
-                   max_um: float = 16.0) -> list[np.ndarray]:
+                   max_um: float = 16.0, chunk: int = 2048) -> list[np.ndarray]:
     """Closed cell outlines (``(n_vertices + 1, 2)`` microns) traced on the label image.
 
     Rays from each nucleus centre stop where they leave the cell's label region; the cell
     regions (nucleus expansions clipped by their neighbours) are star-shaped about the centre.
     """
     n = len(slide.cells)
-    labels = np.arange(1, n + 1)
     angles = 2 * np.pi * np.arange(n_vertices) / n_vertices
     steps = np.arange(0.0, max_um, PIXEL_SIZE / 2)
-    cx = slide.cells["x_um"].to_numpy()[:, None, None]
-    cy = slide.cells["y_um"].to_numpy()[:, None, None]
-    px = cx + steps[None, None, :] * np.cos(angles)[None, :, None]
-    py = cy + steps[None, None, :] * np.sin(angles)[None, :, None]
+    ray_x = steps[None, None, :] * np.cos(angles)[None, :, None]
+    ray_y = steps[None, None, :] * np.sin(angles)[None, :, None]
+    cx_all = slide.cells["x_um"].to_numpy()
+    cy_all = slide.cells["y_um"].to_numpy()
     h, w = cells_mask.shape
-    jj = np.clip(np.rint(px / PIXEL_SIZE).astype(np.int64), 0, w - 1)
-    ii = np.clip(np.rint(py / PIXEL_SIZE).astype(np.int64), 0, h - 1)
-    inside = cells_mask[ii, jj] == labels[:, None, None]
-    # Last step before the ray first leaves the region.
-    first_out = np.where(inside.all(axis=2), steps.size, np.argmin(inside, axis=2))
-    radius = steps[np.maximum(first_out - 1, 0)] + PIXEL_SIZE / 2
-    x = cx[:, :, 0] + radius * np.cos(angles)
-    y = cy[:, :, 0] + radius * np.sin(angles)
+    radius = np.empty((n, n_vertices))
+    for s in range(0, n, chunk):  # chunks of cells bound the (cells, rays, steps) temporaries
+        e = min(s + chunk, n)
+        jj = np.clip(np.rint((cx_all[s:e, None, None] + ray_x) / PIXEL_SIZE).astype(np.int64), 0, w - 1)
+        ii = np.clip(np.rint((cy_all[s:e, None, None] + ray_y) / PIXEL_SIZE).astype(np.int64), 0, h - 1)
+        inside = cells_mask[ii, jj] == np.arange(s + 1, e + 1)[:, None, None]
+        # Last step before the ray first leaves the region.
+        first_out = np.where(inside.all(axis=2), steps.size, np.argmin(inside, axis=2))
+        radius[s:e] = steps[np.maximum(first_out - 1, 0)] + PIXEL_SIZE / 2
+    x = cx_all[:, None] + radius * np.cos(angles)
+    y = cy_all[:, None] + radius * np.sin(angles)
     polys = np.stack([x, y], axis=2)
     return [np.vstack([p, p[:1]]) for p in polys]
+
+
+def _label_counts(labels: np.ndarray, n: int, rows: int = 1024) -> np.ndarray:
+    """Pixels of each label ``1..n``, in bands of rows (bincount casts its input to int64)."""
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for r in range(0, labels.shape[0], rows):
+        counts += np.bincount(labels[r:r + rows].ravel(), minlength=n + 1)
+    return counts[1:]
 
 
 def _boundaries_table(cell_ids: np.ndarray, polygons: list[np.ndarray]) -> pa.Table:
@@ -193,16 +226,47 @@ def _transcripts(slide: SimulatedSlide, counts: sparse.csr_matrix, genes: list[s
     return table, per_cell_nuclear
 
 
-def _dapi(slide: SimulatedSlide, nuclei: np.ndarray) -> np.ndarray:
-    """uint16 DAPI-like morphology image: bright textured nuclei on a dim background."""
-    rng = slide.rng("dapi")
-    kinds = slide.expression.kinds
-    level = np.array([0] + [DAPI_BY_KIND[kinds[k]] for k in slide.cells["kind"]], dtype=np.float32)
-    noise = rng.standard_normal(nuclei.shape, dtype=np.float32)
-    img = level[nuclei] * (1 + 0.8 * noise)  # chromatin granularity, smoothed below
-    img = ndimage.gaussian_filter(img, 1.2)
-    img += 60 + 15 * noise[::-1]
-    return np.clip(img, 0, 65535).astype(np.uint16)
+class _DapiTiles:
+    """uint16 DAPI-like morphology image, tile by tile (a ``tiff.TileSource``): bright textured
+    nuclei on a dim background.
+
+    The noise is a periodic texture looked up by absolute pixel position, so a tile blurred
+    with a halo matches its neighbours exactly; tiles of bare glass skip the blur. Memory stays
+    at a few tiles whatever the slide size.
+    """
+
+    PERIOD = 1024  # px, period of the noise texture
+
+    def __init__(self, slide: SimulatedSlide, nuclei: np.ndarray, tile: int = 512):
+        kinds = slide.expression.kinds
+        self.level = np.array([0] + [DAPI_BY_KIND[kinds[k]] for k in slide.cells["kind"]], dtype=np.float32)
+        self.nuclei = nuclei
+        self.height, self.width = nuclei.shape
+        self.tile = tile
+        self.halo = int(4.0 * DAPI_BLUR_PX + 0.5)  # gaussian_filter's radius at truncate=4
+        noise = slide.rng("dapi").standard_normal((self.PERIOD, self.PERIOD), dtype=np.float32)
+        self.noise = np.pad(noise, (0, tile + 2 * self.halo), mode="wrap")  # windows are slices
+
+    def _noise(self, y0: int, y1: int, x0: int, x1: int, shift: int = 0) -> np.ndarray:
+        oy, ox = (y0 + shift) % self.PERIOD, (x0 + shift) % self.PERIOD
+        return self.noise[oy:oy + y1 - y0, ox:ox + x1 - x0]
+
+    def render_tile(self, ty: int, tx: int) -> np.ndarray:
+        t, r = self.tile, self.halo
+        y0, x0 = ty * t, tx * t
+        y1, x1 = min(y0 + t, self.height), min(x0 + t, self.width)
+        a, b = max(y0 - r, 0), min(y1 + r, self.height)
+        c, d = max(x0 - r, 0), min(x1 + r, self.width)
+        labels = self.nuclei[a:b, c:d]
+        img = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+        if labels.any():
+            nuc = self.level[labels] * (1 + 0.8 * self._noise(a, b, c, d))  # chromatin granularity
+            img += ndimage.gaussian_filter(nuc, DAPI_BLUR_PX)[y0 - a:y1 - a, x0 - c:x1 - c]
+        # Background: the texture at another offset, independent of the chromatin noise.
+        img += 60 + 15 * self._noise(y0, y1, x0, x1, shift=self.PERIOD // 2)
+        out = np.zeros((t, t), dtype=np.uint16)
+        out[:y1 - y0, :x1 - x0] = np.clip(img, 0, 65535)
+        return out
 
 
 def _write_cells_zarr(path: Path, slide: SimulatedSlide, prefixes: np.ndarray, summary: np.ndarray,
@@ -224,7 +288,10 @@ def _write_cells_zarr(path: Path, slide: SimulatedSlide, prefixes: np.ndarray, s
         root.create_array("cell_summary", data=summary.astype(np.float64), attributes={"column_names": columns})
         masks = root.create_group("masks")
         for key, img in (("0", nuclei), ("1", cells_mask)):
-            masks.create_array(key, data=img, chunks=(min(4096, img.shape[0]), min(4096, img.shape[1])))
+            chunks = (min(4096, img.shape[0]), min(4096, img.shape[1]))
+            arr = masks.create_array(key, shape=img.shape, dtype=img.dtype, chunks=chunks)
+            for r in range(0, img.shape[0], chunks[0]):  # a band at a time: bounded memory
+                arr[r:r + chunks[0]] = img[r:r + chunks[0]]
         masks.create_array("homogeneous_transform", data=np.diag([1 / PIXEL_SIZE, 1 / PIXEL_SIZE, 1, 1]))
         sets = root.create_group("polygon_sets")
         for key in ("0", "1"):
@@ -255,8 +322,8 @@ def write_xenium(out_dir: Path, slide: SimulatedSlide, counts: sparse.csr_matrix
     nucleus_polys = [np.vstack([p, p[:1]]) for p in nucleus_polys]
     cell_polys = _cell_polygons(slide, cells_mask)
     area_px = PIXEL_SIZE**2
-    cell_area = np.bincount(cells_mask.ravel(), minlength=n + 1)[1:] * area_px
-    nucleus_area = np.bincount(nuclei.ravel(), minlength=n + 1)[1:] * area_px
+    cell_area = _label_counts(cells_mask, n) * area_px
+    nucleus_area = _label_counts(nuclei, n) * area_px
 
     # Negative control probes: rare spurious counts, filtered out by gex_only readers.
     neg = sparse.csr_matrix(rng.poisson(0.01, (n, N_NEG_PROBES)).astype(np.int32))
@@ -300,7 +367,7 @@ def write_xenium(out_dir: Path, slide: SimulatedSlide, counts: sparse.csr_matrix
 
     (out_dir / "morphology_focus").mkdir(exist_ok=True)
     write_pyramid(out_dir / "morphology_focus" / "morphology_focus_0000.ome.tif",
-                  ArrayTiles(_dapi(slide, nuclei)), PIXEL_SIZE, layout="ome", compression="zlib",
+                  _DapiTiles(slide, nuclei), PIXEL_SIZE, layout="ome", compression="zlib",
                   channel_names=["DAPI"], progress=False)
 
     experiment = {

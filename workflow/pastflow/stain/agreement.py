@@ -55,8 +55,8 @@ def read_hscores(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 def pair_hscores(hscores: pd.DataFrame) -> pd.DataFrame:
     """One row per (sample, marker, region) scored both ways over the same cells
-    (``cells == "measured"``): ``predicted``, ``measured`` (H-scores), ``level`` (``slide`` or
-    ``region``) and the cell counts."""
+    (``cells == "measured"``): ``predicted``, ``measured`` (H-scores), ``level`` (``slide``,
+    ``region`` or ``core``) and the cell counts."""
     keys = ["sample", "marker", "region"]
     if "cells" in hscores.columns:  # compare over the same cells (see stain.sample)
         hscores = hscores[hscores["cells"] == "measured"]
@@ -73,7 +73,12 @@ def pair_hscores(hscores: pd.DataFrame) -> pd.DataFrame:
         "class_predicted": wide[("hclass", "predicted")],
         "class_measured": wide[("hclass", "measured")],
     }).dropna(subset=["predicted", "measured"]).reset_index()
-    pairs.insert(3, "level", np.where(pairs["region"] == SLIDE, "slide", "region"))
+    # The level each file wrote (slide, region, or a tissue microarray's core); tables
+    # written before the column existed: slide or region.
+    level = (hscores.groupby(keys)["level"].first().reindex(
+        pd.MultiIndex.from_frame(pairs[keys])).to_numpy() if "level" in hscores.columns
+        else np.where(pairs["region"] == SLIDE, "slide", "region"))
+    pairs.insert(3, "level", level)
     return pairs
 
 

@@ -65,6 +65,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--panel", type=Path, default=None, help=PANEL_HELP)
     s.add_argument("--regions", type=Path, default=None,
                    help="annotated regions (TSV: cell_id, region) instead of the grid")
+    s.add_argument("--cores", type=Path, default=None,
+                   help="a tissue-microarray slide's core map (TSV: core, patient, x_px, y_px, "
+                        "radius_px): the cores are the regions")
     s.add_argument("--sample", default=None, help="sample name (default: the prediction's stem)")
     s.add_argument("--out-dir", required=True, type=Path,
                    help="folder for hscores.tsv and cells.tsv.gz")
@@ -92,6 +95,9 @@ def add_parser(subparsers) -> None:
     i.add_argument("--regions", type=Path, default=None,
                    help="the annotated regions given to pastflow stain: the thumbnails then "
                         "show no region grid")
+    i.add_argument("--cores", type=Path, default=None,
+                   help="the core map given to pastflow stain: the thumbnails then show no "
+                        "region grid")
     i.add_argument("--sample", default=None,
                    help="sample name (default: the one in --hscores)")
     i.add_argument("--out-dir", required=True, type=Path,
@@ -131,14 +137,14 @@ def _settings_and_panel(args: argparse.Namespace):
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
+    from pastflow.progress import progress_bar
     from pastflow.stain.calibrate import calibrate_cutoffs, write_cutoffs
     from pastflow.stain.io import read_cell_table
 
     _, panel = _settings_and_panel(args)
-    tables = [read_cell_table(p, "QC table") for p in tqdm(args.tables, desc="reading QC tables",
-                                             disable=args.no_progress)]
+    tables = [read_cell_table(p, "QC table")
+              for p in progress_bar(args.tables, desc="reading QC tables", unit="table",
+                                    enabled=not args.no_progress)]
     predictions = None
     if args.predictions is not None:
         predictions = [read_cell_table(p, "prediction table") for p in args.predictions]
@@ -151,7 +157,8 @@ def run_stain(args: argparse.Namespace) -> None:
 
     settings, panel = _settings_and_panel(args)
     stain_sample(args.prediction, args.store, args.cutoffs, panel, args.out_dir, settings,
-                 sample=args.sample, table_path=args.table, regions_path=args.regions)
+                 sample=args.sample, table_path=args.table, regions_path=args.regions,
+                 cores_path=args.cores)
 
 
 def run_images(args: argparse.Namespace) -> None:
@@ -160,7 +167,7 @@ def run_images(args: argparse.Namespace) -> None:
     settings, panel = _settings_and_panel(args)
     stain_images(args.cells, args.hscores, args.store, panel, args.out_dir, settings,
                  sample=args.sample, table_path=args.table, regions_path=args.regions,
-                 progress=not args.no_progress)
+                 cores_path=args.cores, progress=not args.no_progress)
 
 
 def run_agreement(args: argparse.Namespace) -> None:

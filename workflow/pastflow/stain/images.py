@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pastflow.atomic import atomic_path
+from pastflow.cores import read_core_map
 from pastflow.errors import InputError
 from pastflow.patches.reader import PatchStore
 from pastflow.stain.io import read_unit_diameter
@@ -95,7 +96,8 @@ def unit_diameter_um(settings: StainSettings, table_path: str | Path | None) -> 
 def stain_images(cells_path: str | Path, hscores_path: str | Path, store_path: str | Path,
                  panel: Sequence[Marker], out_dir: str | Path, settings: StainSettings, *,
                  sample: str | None = None, table_path: str | Path | None = None,
-                 regions_path: str | Path | None = None, progress: bool = True) -> list[Path]:
+                 regions_path: str | Path | None = None, cores_path: str | Path | None = None,
+                 progress: bool = True) -> list[Path]:
     """Draw the virtual stains of ``settings.images`` and the thumbnails figure; returns the
     paths written (see module docstring).
 
@@ -103,10 +105,10 @@ def stain_images(cells_path: str | Path, hscores_path: str | Path, store_path: s
     rendered as counterstain only, with a warning, so the expected files still appear.
     ``table_path``: the sample's QC table, read only for its unit diameter (when
     ``stain.unit_um`` is null). ``regions_path``: the annotated regions ``pastflow stain``
-    scored instead of the grid (the thumbnails then show no grid).
+    scored instead of the grid, or ``cores_path`` the core map of a tissue microarray (the
+    thumbnails then show no grid).
     """
-    from tqdm import tqdm
-
+    from pastflow.progress import progress_bar
     from pastflow.stain.plots import plot_thumbnails
 
     start = time.perf_counter()
@@ -116,6 +118,8 @@ def stain_images(cells_path: str | Path, hscores_path: str | Path, store_path: s
     by_name = {m.name: m for m in panel}
     if regions_path is not None:
         read_annotations(regions_path)  # the file pastflow stain was given: checked, not used
+    if cores_path is not None:
+        read_core_map(cores_path)  # likewise
     hscores = read_slide_hscores(hscores_path)
     if sample is None:
         named = hscores["sample"].dropna().unique()
@@ -134,7 +138,8 @@ def stain_images(cells_path: str | Path, hscores_path: str | Path, store_path: s
     h, w = store.image.shape[1:]
     crop = (store.margin, store.margin, w - 2 * store.margin, h - 2 * store.margin)
     stains = {}
-    for name in tqdm(images, desc=f"{sample} virtual stains", disable=not progress):
+    for name in progress_bar(images, desc=f"{sample} virtual stains", unit="image",
+                             enabled=progress):
         if level_column(name) in cells:
             marker_levels = cells[level_column(name)].to_numpy()
         else:
@@ -154,7 +159,7 @@ def stain_images(cells_path: str | Path, hscores_path: str | Path, store_path: s
     with atomic_path(out.thumbnails) as tmp:
         plot_thumbnails(thumb, stains, slide_readout(hscores),
                         extent_um=(crop[2] * store.mpp, crop[3] * store.mpp),
-                        grid_um=None if regions_path is not None else settings.grid_um,
+                        grid_um=None if regions_path or cores_path else settings.grid_um,
                         title=sample, path=tmp)
     log.info("%s: %d virtual stains of %d cells in %.1f s", sample, len(images), len(cells),
              time.perf_counter() - start)

@@ -11,17 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-PANEL_PX = 480  # pixels per thumbnail panel: 4.4 in at the figure's 110 dpi
+from pastflow.figures import figure_dpi, fit_image, save_figure  # noqa: E402
 
-
-def _fit(image: np.ndarray, side: int) -> np.ndarray:
-    """``image`` shrunk (Lanczos, PIL) so its longer side is at most ``side`` pixels:
-    matplotlib's own resampling of a large image at savefig is ~10x slower."""
-    from PIL import Image
-
-    pil = Image.fromarray(np.ascontiguousarray(image))
-    pil.thumbnail((side, side), Image.Resampling.LANCZOS)
-    return np.asarray(pil)
+DPI = 100
 
 
 def plot_thumbnails(he: np.ndarray, stains: dict[str, np.ndarray], hscores: dict[str, float],
@@ -37,8 +29,9 @@ def plot_thumbnails(he: np.ndarray, stains: dict[str, np.ndarray], hscores: dict
     panels = [("H&E", he)] + [(label(m), img) for m, img in stains.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
     width, height = extent_um
+    side = round(4.4 * figure_dpi(fig, DPI))  # a panel's pixels in the saved figure
     for ax, (label, image) in zip(axes[0], panels):
-        ax.imshow(_fit(image, PANEL_PX), extent=(0, width, height, 0), interpolation="none")
+        ax.imshow(fit_image(image, side), extent=(0, width, height, 0), interpolation="none")
         if grid_um:
             for x in np.arange(grid_um, width, grid_um):
                 ax.axvline(x, color="k", lw=0.4, alpha=0.5)
@@ -50,8 +43,7 @@ def plot_thumbnails(he: np.ndarray, stains: dict[str, np.ndarray], hscores: dict
     fig.suptitle(f"{title}: virtual IHC (hematoxylin from the H&E + DAB from predicted expression)",
                  fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, DPI)
 
 
 MAX_SAMPLES_IN_LEGEND = 8  # beyond this, colours only tell samples apart, unnamed
@@ -81,9 +73,17 @@ def _legend(fig, samples: list[str], colours: dict) -> None:
                fontsize=8, frameon=False)
 
 
+def main_level_row(summary: pd.DataFrame, marker: str) -> pd.Series | None:
+    """The marker's summary row below the slide level with the most pairs (grid regions, or
+    a tissue microarray's cores), or None."""
+    rows = summary[(summary["marker"] == marker) & (summary["level"] != "slide")]
+    return rows.loc[rows["n"].idxmax()] if len(rows) else None
+
+
 def plot_bland_altman(pairs: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -> None:
-    """Per marker: predicted - measured H-score against their mean, regions (dots, one colour
-    per sample) and slides (squares); bias and 95% limits of agreement of the regions."""
+    """Per marker: predicted - measured H-score against their mean, regions or cores (dots,
+    one colour per sample) and slides (squares); bias and 95% limits of agreement of the
+    level with most pairs (:func:`main_level_row`)."""
     markers = sorted(pairs["marker"].unique())
     fig, axes = _marker_axes(markers)
     samples = sorted(pairs["sample"].unique())
@@ -95,9 +95,9 @@ def plot_bland_altman(pairs: pd.DataFrame, summary: pd.DataFrame, path: str | Pa
             ax.scatter(mean, g["predicted"] - g["measured"], s=50 if level == "slide" else 14,
                        marker="s" if level == "slide" else "o", color=colours[sample],
                        edgecolor="k" if level == "slide" else "none", alpha=0.8)
-        row = summary[(summary["marker"] == marker) & (summary["level"] == "region")]
-        if len(row):
-            r = row.iloc[0]
+        row = main_level_row(summary, marker)
+        if row is not None:
+            r = row
             ax.axhline(r["bias"], color="k", lw=1)
             for lim in (r["loa_lower"], r["loa_upper"]):
                 ax.axhline(lim, color="k", lw=0.8, ls="--")
@@ -107,14 +107,13 @@ def plot_bland_altman(pairs: pd.DataFrame, summary: pd.DataFrame, path: str | Pa
         ax.set_ylabel("predicted - measured", fontsize=9)
     _legend(fig, samples, colours)
     fig.suptitle("Bland-Altman: H-score from predicted vs measured expression "
-                 "(solid: bias, dashed: 95% limits, regions)", fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                 "(solid: bias, dashed: 95% limits, of the level with most pairs)", fontsize=10)
+    save_figure(fig, path, DPI)
 
 
 def plot_agreement_scatter(pairs: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -> None:
-    """Per marker: predicted against measured H-score (regions dots, slides squares), with the
-    regions' Pearson r and n."""
+    """Per marker: predicted against measured H-score (regions or cores dots, slides squares),
+    with the Pearson r and n of the level with most pairs (:func:`main_level_row`)."""
     markers = sorted(pairs["marker"].unique())
     fig, axes = _marker_axes(markers)
     samples = sorted(pairs["sample"].unique())
@@ -129,13 +128,13 @@ def plot_agreement_scatter(pairs: pd.DataFrame, summary: pd.DataFrame, path: str
         ax.plot([0, top], [0, top], color="grey", lw=0.6)
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
-        row = summary[(summary["marker"] == marker) & (summary["level"] == "region")]
-        label = (f"r = {row.iloc[0]['pearson_r']:.2f} (n = {row.iloc[0]['n']})" if len(row)
-                 else "")
+        row = main_level_row(summary, marker)
+        label = (f"r = {row['pearson_r']:.2f} (n = {row['n']} {row['level']}s)"
+                 if row is not None else "")
         ax.set_title(f"{marker}  {label}", fontsize=10)
         ax.set_xlabel("H-score, measured expression", fontsize=9)
         ax.set_ylabel("H-score, predicted from H&E", fontsize=9)
     _legend(fig, samples, colours)
-    fig.suptitle("Virtual IHC H-scores on held-out slides (r over regions)", fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.suptitle("Virtual IHC H-scores on held-out slides (r over the level with most pairs: "
+                 "regions or TMA cores)", fontsize=10)
+    save_figure(fig, path, DPI)

@@ -31,13 +31,15 @@ import numpy as np
 import pandas as pd
 
 from pastflow.atomic import atomic_path
+from pastflow.cores import read_core_map
 from pastflow.errors import InputError
 from pastflow.patches.reader import PatchStore
 from pastflow.stain.calibrate import (CUTS, WITHIN_SLIDE, calibrate_marker, cutoffs_for,
                                       read_cutoffs)
 from pastflow.stain.io import read_cell_table
 from pastflow.stain.panel import Marker, marker_scores
-from pastflow.stain.score import HSCORE_COLUMNS, bin_levels, grid_regions, hscore_table
+from pastflow.stain.score import (HSCORE_COLUMNS, SLIDE, bin_levels, grid_regions,
+                                  hscore_table)
 
 if TYPE_CHECKING:
     from pastflow.stain.settings import StainSettings
@@ -46,7 +48,10 @@ log = logging.getLogger(__name__)
 
 # hscores.tsv: the H-score contract, then the calibration each row was binned with.
 CALIBRATION_COLUMNS = ("cut_1", "cut_2", "cut_3", "calibration")
-HSCORE_FILE_COLUMNS = HSCORE_COLUMNS + CALIBRATION_COLUMNS
+# ...and what each row's region is: the whole slide, a grid cell or annotated region, or a
+# tissue-microarray core (the agreement check reports each level on its own).
+LEVEL_COLUMN = "level"
+HSCORE_FILE_COLUMNS = HSCORE_COLUMNS + CALIBRATION_COLUMNS + (LEVEL_COLUMN,)
 
 
 @dataclass(frozen=True)
@@ -123,14 +128,17 @@ def _levels(scores: pd.DataFrame, cutoffs: pd.DataFrame, source: str
 def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_path: str | Path,
                  panel: Sequence[Marker], out_dir: str | Path, settings: StainSettings, *,
                  sample: str | None = None, table_path: str | Path | None = None,
-                 regions_path: str | Path | None = None) -> pd.DataFrame:
+                 regions_path: str | Path | None = None,
+                 cores_path: str | Path | None = None) -> pd.DataFrame:
     """Score and bin one sample; write ``hscores.tsv`` and ``cells.tsv.gz`` into ``out_dir``
     and return the H-score table (see module docstring).
 
     ``settings``: ``grid_um`` and ``min_region_cells`` shape the regions; ``images`` is only
     checked against the panel here (a bad marker stops this job, before anything is
     written, rather than the later ``stain-images`` one). ``regions_path``: optional
-    annotated regions (TSV ``cell_id``, ``region``) used instead of the grid.
+    annotated regions (TSV ``cell_id``, ``region``) used instead of the grid. ``cores_path``:
+    a tissue microarray's core map (:mod:`pastflow.cores`): each core is a region, a cell
+    outside every core is in none.
     """
     start = time.perf_counter()
     prediction_path, out = Path(prediction_path), StainOutputs(Path(out_dir))
@@ -155,7 +163,14 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
     scores = marker_scores(predicted.X, predicted.var_names, scorable, str(prediction_path))
     levels, calibration = _levels(scores, predicted_cuts, "predicted")
 
-    if regions_path is not None:
+    if regions_path is not None and cores_path is not None:
+        raise InputError(regions_path, "give annotated regions or a core map, not both")
+    if cores_path is not None:
+        regions = read_core_map(cores_path).assign(*np.asarray(store.xy_level0)[rows].T)
+        if not (regions != "").any():
+            raise InputError(cores_path, f"no cell of {sample} lies in any core; are the "
+                                         "centres in level-0 pixels of this sample's H&E?")
+    elif regions_path is not None:
         regions = read_annotations(regions_path).reindex(predicted.obs["cell_id"].astype(str))
         regions = regions.fillna("").to_numpy(dtype=object)
     else:
@@ -198,7 +213,10 @@ def stain_sample(prediction_path: str | Path, store_path: str | Path, cutoffs_pa
                                        source=source, min_cells=settings.min_region_cells,
                                        cells="measured"))
     hscores = pd.concat(tables, ignore_index=True).merge(
-        calibration, on=["marker", "source"], how="left")[list(HSCORE_FILE_COLUMNS)]
+        calibration, on=["marker", "source"], how="left")
+    hscores[LEVEL_COLUMN] = np.where(hscores["region"] == SLIDE, SLIDE,
+                                     "core" if cores_path is not None else "region")
+    hscores = hscores[list(HSCORE_FILE_COLUMNS)]
 
     out.out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.cells) as tmp:

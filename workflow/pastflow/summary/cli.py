@@ -11,7 +11,8 @@ def _run(args: argparse.Namespace) -> None:
 
     summary = summarise_run(args.technologies, args.stores, metrics=args.metrics,
                             cindex=args.cindex, agreement=args.agreement, samples=args.samples,
-                            outcomes=args.outcomes, notes=read_notes(args.notes))
+                            outcomes=args.outcomes, notes=read_notes(args.notes),
+                            paired=args.paired)
     write_summary(summary, args.json, args.tsv)
 
 
@@ -28,6 +29,8 @@ def add_parser(subparsers) -> None:
                    help="one per sample, in the order of --samples")
     p.add_argument("--stores", nargs="+", required=True, help="every sample's patch store")
     p.add_argument("--metrics", help="results/predict/metrics.tsv")
+    p.add_argument("--paired", help="results/predict/paired.tsv: each test sample's "
+                                    "difference to its strongest baseline")
     p.add_argument("--cindex", help="results/survival/cindex.tsv")
     p.add_argument("--outcomes",
                    help="results/survival/outcomes.tsv (patients and events behind the c-index)")

@@ -35,6 +35,7 @@ CONTRACTS = {
     "cindex": ["model", "cindex", "ci_low", "ci_high"],
     "agreement": ["marker", "level", "pearson_r", "n"],
     "outcomes": ["patient", "os_event"],
+    "paired": ["sample", "method", "baseline", "diff", "ci_low", "ci_high"],
 }
 
 #: Expression metrics of ``metrics.tsv`` (column -> summary name, description); the first
@@ -154,9 +155,40 @@ def summarise_expression(table: pd.DataFrame, technology_of: dict[str, str],
     }
 
 
+def strongest_baselines(expression: dict, paired: pd.DataFrame) -> None:
+    """Give each test sample of ``expression`` (:func:`summarise_expression`) the head's
+    paired difference to its strongest baseline (the baseline with the highest ``pearson_50``
+    on that sample: the comparison least favourable to pastflow) from ``paired.tsv``:
+    ``entry["versus_baseline"] = {baseline, baseline_r, diff, ci_low, ci_high}``."""
+    rows = paired[paired["method"] == HEAD].set_index(["sample", "baseline"])
+    for entry in expression["by_sample"]:
+        scores = {m: r for m, r in entry["pearson_50"].items()
+                  if (entry["sample"], m) in rows.index and r is not None}
+        if not scores:
+            continue
+        best = max(scores, key=scores.get)
+        row = rows.loc[(entry["sample"], best)]
+        entry["versus_baseline"] = {"baseline": best, "baseline_r": scores[best],
+                                    "diff": _r(row["diff"]), "ci_low": _r(row["ci_low"]),
+                                    "ci_high": _r(row["ci_high"])}
+
+
+def main_agreement_levels(agreement: dict) -> list[dict]:
+    """Per marker, the ``hscore_agreement`` entry below the slide level with the most pairs
+    (grid regions, or a tissue microarray's cores; the slide level when there is no other):
+    the front page's one line per marker, the other levels being in summary.tsv."""
+    best: dict[str, dict] = {}
+    for entry in agreement.values():
+        current = best.get(entry["marker"])
+        rank = (entry["level"] != "slide", entry["n"])
+        if current is None or rank > (current["level"] != "slide", current["n"]):
+            best[entry["marker"]] = entry
+    return list(best.values())
+
+
 def summarise_run(technologies: list[str], stores: list[str | Path], metrics=None, cindex=None,
                   agreement=None, samples: list[str] | None = None, outcomes=None,
-                  notes: list[str] | None = None) -> dict:
+                  notes: list[str] | None = None, paired=None) -> dict:
     """The key numbers as a JSON-ready dict (sections only for the stages given).
 
     ``technologies``: one per sample of the sheet, in the order of ``samples`` (the sample
@@ -166,6 +198,8 @@ def summarise_run(technologies: list[str], stores: list[str | Path], metrics=Non
     ``results/stain/hscore_agreement.tsv``, ``results/survival/outcomes.tsv`` (the patients
     and events behind the c-index). ``notes``: lines on the stages the run skipped and why
     (:func:`pastflow.preflight.stage_notes`), kept as ``notes`` for the front page.
+    ``paired``: ``results/predict/paired.tsv``, for each test sample's difference to its
+    strongest baseline (:func:`strongest_baselines`).
     """
     if samples is not None and len(samples) != len(technologies):
         raise InputError(None, f"{len(samples)} samples (--samples) but {len(technologies)} "
@@ -183,6 +217,9 @@ def summarise_run(technologies: list[str], stores: list[str | Path], metrics=Non
                              "sample its technology")
         summary["expression"] = summarise_expression(table, dict(zip(samples, technologies)),
                                                      source=metrics)
+        paired_table = _read_result_tsv(paired, "paired")
+        if paired_table is not None:
+            strongest_baselines(summary["expression"], paired_table)
     table = _read_result_tsv(cindex, "cindex")
     if table is not None:
         patients = _read_result_tsv(outcomes, "outcomes")
@@ -201,6 +238,7 @@ def summarise_run(technologies: list[str], stores: list[str | Path], metrics=Non
             f"{row['marker']} ({row['level']})": _agreement_entry(row)
             for _, row in table.iterrows()
         }
+        summary["hscore_main"] = main_agreement_levels(summary["hscore_agreement"])
     return summary
 
 
@@ -246,6 +284,12 @@ def summary_rows(summary: dict) -> pd.DataFrame:
                 for method, r in entry[metric].items():
                     rows.append(_row("expression", "sample", metric, r, method=method, n=n,
                                      n_of="genes" if n is not None else None, **where))
+            versus = entry.get("versus_baseline")
+            if versus:
+                rows.append(_row("expression", "sample", "pearson_50_diff", versus["diff"],
+                                 method=f"{HEAD} minus {versus['baseline']}",
+                                 low=versus["ci_low"], high=versus["ci_high"],
+                                 interval="95% paired bootstrap CI", **where))
         for entry in expression["by_technology"]:
             for metric in expression["metrics"]:
                 for method, v in entry[metric].items():

@@ -50,6 +50,9 @@ def add_features_parser(subparsers) -> None:
                    help="virtual-IHC H-score tables (results/stain/S/hscores.tsv), optional")
     p.add_argument("--gene-sets", type=Path, default=None,
                    help="GMT of the pathway features (default: the pretrain default GMT)")
+    p.add_argument("--cores", nargs="*", default=[], metavar="SAMPLE=PATH",
+                   help="core map of each tissue-microarray sample: its cores' patients "
+                        "replace the sheet's patient (pastflow.cores)")
     p.add_argument("--out-dir", required=True, type=Path, help="folder for the outputs")
     add_settings_argument(p, "survival")
     p.set_defaults(func=run_features_command)
@@ -94,11 +97,13 @@ def add_figures_parser(subparsers) -> None:
 def run_features_command(args: argparse.Namespace) -> None:
     from pastflow.settings import load_section
     from pastflow.survival.cohort import load_cohort, write_cohort
+    from pastflow.cores import CellPatients, parse_core_map_args
     from pastflow.survival.features import sample_patients
     from pastflow.survival.settings import SurvivalSettings
 
     settings = load_section(SurvivalSettings, "survival", args.settings)
-    data = load_cohort(args.clinical, args.embeddings, sample_patients(args.sheet), settings,
+    patients = CellPatients(sample_patients(args.sheet), parse_core_map_args(args.cores))
+    data = load_cohort(args.clinical, args.embeddings, patients, settings,
                        prediction_paths=args.predictions, hscore_paths=args.hscores,
                        gene_sets_path=args.gene_sets)
     write_cohort(data, args.out_dir)

@@ -41,16 +41,17 @@ import time as clock
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from pastflow.atomic import atomic_path
 from pastflow.clinical import read_clinical
+from pastflow.cores import CellPatients
 from pastflow.errors import InputError
 from pastflow.models.pathways import default_gmt_path, read_gmt
+from pastflow.progress import progress_bar
 from pastflow.survival.cox import fit_cox
 from pastflow.survival.cv import (CIndex, cross_validated_risk, paired_difference,
                                   patient_folds, summarize_cindex)
@@ -96,31 +97,32 @@ class SurvivalResults:
 # --- features ------------------------------------------------------------------------------
 
 def load_cohort(clinical_path: str | Path, embedding_paths: Sequence[str | Path],
-                sample_patient: Mapping[str, str], settings: SurvivalSettings, *,
+                patients: CellPatients, settings: SurvivalSettings, *,
                 prediction_paths: Sequence[str | Path] = (),
                 hscore_paths: Sequence[str | Path] = (),
                 gene_sets_path: str | Path | None = None) -> CohortData:
     """Read every input and build the patient x feature table of
-    :mod:`pastflow.survival.features` (float64; ``gene_sets_path`` None: the default GMT)."""
-    cells = read_cell_embeddings(embedding_paths, sample_patient)
-    patients = list(cells)
-    clinical = read_clinical(clinical_path, patients)
+    :mod:`pastflow.survival.features` (float64; ``gene_sets_path`` None: the default GMT).
+    ``patients``: whose each cell is (the sheet's slide patients and any TMA core maps)."""
+    cells = read_cell_embeddings(embedding_paths, patients)
+    cohort = list(cells)
+    clinical = read_clinical(clinical_path, cohort)
     parts = [clinical_features(clinical), pooled_embedding_features(cells),
              cluster_composition_features(cells, settings.clusters, seed=settings.seed)]
     if prediction_paths:
         gene_sets = read_gmt(gene_sets_path or default_gmt_path())
-        parts.append(pathway_features(prediction_paths, sample_patient, gene_sets))
+        parts.append(pathway_features(prediction_paths, patients, gene_sets))
     if hscore_paths:
-        parts.append(hscore_features(hscore_paths, sample_patient))
+        parts.append(hscore_features(hscore_paths, patients))
     # float64 throughout (the float32 mean embeddings convert exactly), so that the table the
     # models read back from features.tsv is this one, bit for bit.
-    features = pd.concat([p.reindex(patients) for p in parts], axis=1).astype(np.float64)
+    features = pd.concat([p.reindex(cohort) for p in parts], axis=1).astype(np.float64)
     features.index.name = "patient"
     missing = features.columns[features.isna().all()]
     if len(missing):
         log.warning("features missing for every patient, left out: %s", ", ".join(missing))
         features = features.drop(columns=missing)
-    return CohortData(patients, clinical["os_time"].to_numpy(float),
+    return CohortData(cohort, clinical["os_time"].to_numpy(float),
                       clinical["os_event"].to_numpy(int), features, cells)
 
 
@@ -194,7 +196,7 @@ def cross_validate_cox(data: CohortData, columns: Sequence[str], folds, settings
     penalizer inner CV chose in each outer fold."""
     features = data.features[list(columns)]
     chosen: list[float] = []
-    bar = tqdm(total=len(folds), desc=f"cox {name}", disable=not progress)
+    bar = progress_bar(total=len(folds), desc=f"cox {name}", unit="fold", enabled=progress)
 
     def fit_predict(train, test):
         model = _fit_cox(features.iloc[train], data.time[train], data.event[train], settings)
@@ -218,7 +220,7 @@ def cross_validate_mil(data: CohortData, folds, config: MILConfig,
                        progress: bool = True) -> np.ndarray:
     """Out-of-fold risks ``(repeats, n_patients)`` of :func:`pastflow.survival.mil.fit_mil`."""
     bags = [data.cells[p] for p in data.patients]
-    bar = tqdm(total=len(folds), desc="attention-MIL", disable=not progress)
+    bar = progress_bar(total=len(folds), desc="attention-MIL", unit="fold", enabled=progress)
 
     def fit_predict(train, test):
         model = fit_mil([bags[i] for i in train], data.time[train], data.event[train], config)

@@ -12,6 +12,10 @@ averaged over its slides. Column names carry their modality as a prefix:
   image embeddings (a learned "cell-type composition");
 - ``molecular_<pathway>``: pathway score of the patient's mean predicted expression;
 - ``molecular_hscore_<marker>``: virtual IHC H-score of the slide (stain stage), when given.
+
+On a tissue microarray (a sample with a core map, :mod:`pastflow.cores`) each core is its
+patient's tissue: cells are pooled by core patient, H-scores are the cores', and cells outside
+every core count for nobody.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
+from pastflow.cores import CellPatients
 from pastflow.errors import InputError
 from pastflow.models.pathways import GeneSet, score_pathways
 from pastflow.tables import read_h5ad
@@ -70,13 +75,19 @@ def _read_slide_table(path: str | Path, key: str | None = None) -> tuple[str, ad
     return _sample_of(path, table), table
 
 
-def _patient(sample: str, path: Path | str, sample_patient: Mapping[str, str]) -> str:
-    if sample not in sample_patient:
-        raise InputError(path, f"sample {sample!r} has no patient (not in the sample sheet)")
-    return sample_patient[sample]
+def _cell_patients(path: str | Path, sample: str, table: ad.AnnData,
+                   patients: CellPatients) -> np.ndarray:
+    """Each cell's patient ('' for a TMA cell outside every core)."""
+    if sample in patients.core_maps and not {"x_px", "y_px"} <= set(table.obs.columns):
+        raise InputError(path, "no x_px, y_px cell positions: cannot place cells in the "
+                               "tissue microarray's cores")
+    obs = table.obs
+    x, y = ((obs["x_px"].to_numpy(), obs["y_px"].to_numpy()) if "x_px" in obs
+            else (np.zeros(table.n_obs), np.zeros(table.n_obs)))
+    return patients.of_cells(sample, x, y, path)
 
 
-def read_cell_embeddings(paths: Sequence[str | Path], sample_patient: Mapping[str, str], *,
+def read_cell_embeddings(paths: Sequence[str | Path], patients: CellPatients, *,
                          key: str = "X_image") -> dict[str, np.ndarray]:
     """Cell embeddings ``float32 (n_cells, d)`` per patient, pooled over its slides.
 
@@ -93,7 +104,10 @@ def read_cell_embeddings(paths: Sequence[str | Path], sample_patient: Mapping[st
             raise InputError(path, f"embedding width {values.shape[1]} differs from the "
                                    f"other slides' {width}")
         width = values.shape[1]
-        cells.setdefault(_patient(sample, path, sample_patient), []).append(values)
+        who = _cell_patients(path, sample, table, patients)
+        for patient in dict.fromkeys(who):
+            if patient:
+                cells.setdefault(patient, []).append(values[who == patient])
     return {p: np.concatenate(v) for p, v in cells.items()}
 
 
@@ -130,7 +144,7 @@ def cluster_composition_features(cells: Mapping[str, np.ndarray], n_clusters: in
                         columns=[f"image_cluster_{k}" for k in range(n_clusters)])
 
 
-def pathway_features(prediction_paths: Sequence[str | Path], sample_patient: Mapping[str, str],
+def pathway_features(prediction_paths: Sequence[str | Path], patients: CellPatients,
                      gene_sets: Sequence[GeneSet], *, min_genes: int = 3) -> pd.DataFrame:
     """Pathway scores of each patient's mean predicted expression.
 
@@ -152,10 +166,13 @@ def pathway_features(prediction_paths: Sequence[str | Path], sample_patient: Map
         if genes is not None and list(table.var_names) != genes:
             raise InputError(path, "predicts other genes than the cohort's other slides")
         genes = list(table.var_names)
-        patient = _patient(sample, path, sample_patient)
+        who = _cell_patients(path, sample, table, patients)
         x = table.X.toarray() if hasattr(table.X, "toarray") else np.asarray(table.X)
-        sums[patient] = sums.get(patient, 0) + x.sum(axis=0, dtype=np.float64)
-        counts[patient] = counts.get(patient, 0) + x.shape[0]
+        for patient in dict.fromkeys(who):
+            if patient:
+                mine = who == patient
+                sums[patient] = sums.get(patient, 0) + x[mine].sum(axis=0, dtype=np.float64)
+                counts[patient] = counts.get(patient, 0) + int(mine.sum())
     means = np.stack([sums[p] / counts[p] for p in sums])
     scores = score_pathways(means, genes, gene_sets, method="mean_z", min_genes=min_genes)
     if not scores.names:
@@ -165,11 +182,12 @@ def pathway_features(prediction_paths: Sequence[str | Path], sample_patient: Map
                         columns=[f"molecular_{n}" for n in scores.names])
 
 
-def hscore_features(paths: Sequence[str | Path], sample_patient: Mapping[str, str]) -> pd.DataFrame:
+def hscore_features(paths: Sequence[str | Path], patients: CellPatients) -> pd.DataFrame:
     """Virtual-IHC H-scores per patient from the stain stage's ``hscores.tsv`` files.
 
-    Rows with ``region == "slide"`` and ``source == "predicted"`` (available for every
-    slide, H&E-only included) are used; a patient's slides are averaged. Returns
+    Rows with ``source == "predicted"`` over all cells (available for every slide, H&E-only
+    included) are used: ``region == "slide"``, or on a tissue microarray each core's region;
+    a patient's slides (or cores) are averaged. Returns
     ``(n_patients, n_markers)``, columns ``molecular_hscore_<marker>``.
 
     Raises:
@@ -185,9 +203,14 @@ def hscore_features(paths: Sequence[str | Path], sample_patient: Mapping[str, st
         missing = {"sample", "marker", "region", "source", "hscore"} - set(table.columns)
         if missing:
             raise InputError(path, f"missing column(s) {', '.join(sorted(missing))}")
-        table = table[(table["region"] == "slide") & (table["source"] == "predicted")].copy()
-        table["patient"] = [_patient(str(s), path, sample_patient) for s in table["sample"]]
-        rows.append(table[["patient", "marker", "hscore"]])
+        table = table[table["source"] == "predicted"]
+        if "cells" in table.columns:  # the virtual readout over every cell, not the QC'd ones
+            table = table[table["cells"] == "all"]
+        table = table.assign(patient=[
+            patients.of_core(str(sample), str(region)) if str(sample) in patients.core_maps
+            else (patients.of_slide(str(sample), path) if region == "slide" else "")
+            for sample, region in zip(table["sample"], table["region"])])
+        rows.append(table.loc[table["patient"] != "", ["patient", "marker", "hscore"]])
     if not rows:
         return pd.DataFrame(index=pd.Index([], name="patient"))
     scores = pd.concat(rows).pivot_table(index="patient", columns="marker", values="hscore",

@@ -1,7 +1,7 @@
 """Survival figures: Kaplan-Meier of risk groups, forest plot, c-index bars, td-AUC.
 
 Functions draw on a given matplotlib ``ax`` (lifelines' convention) and return what they
-computed; :func:`save_figure` writes a figure atomically.
+computed; :func:`write_figures` saves them through :func:`pastflow.figures.save_figure`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from lifelines import KaplanMeierFitter  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from lifelines.statistics import logrank_test  # noqa: E402
 
-from pastflow.atomic import atomic_path  # noqa: E402
+from pastflow.figures import save_figure  # noqa: E402
 
 GROUP_COLOURS = {"low risk": "#2b83ba", "high risk": "#d7191c"}
 
@@ -133,12 +133,6 @@ def plot_td_auc(table: pd.DataFrame, ax, reason: str | None = None) -> None:
     ax.set_xlabel("time (os_time units)")
     ax.set_ylabel("cumulative/dynamic AUC")
     ax.legend(fontsize=7)
-
-
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
 
 
 def write_figures(results, out_dir: str | Path) -> None:
