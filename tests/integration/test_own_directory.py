@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.realdata]
+pytestmark = [pytest.mark.integration, pytest.mark.realdata, pytest.mark.slow]
 
 MARKER = "<!-- own-directory example"
 RUN_DIR = "/tmp/pastflow-her2st"  # the folder the README names

@@ -189,6 +189,7 @@ def test_missing_sample_sheet(tmp_path):
 # --------------------------------------------------------------------------- the sample sheet
 
 
+@pytest.mark.slow  # starts Snakemake (~10 s)
 def test_bad_sheet_stops_snakemake_before_any_job(tmp_path):
     """A duplicate sample id: the workflow exits at start-up naming sheet, line and column."""
     (tmp_path / "config").mkdir()
@@ -556,6 +557,7 @@ def simulated_row(sample: str, technology: str, split: str) -> str:
             f"{base}/xenium/he_imagealignment.csv\t{split}\n")
 
 
+@pytest.mark.slow  # starts Snakemake (~10 s)
 def test_a_misspelt_panel_gene_stops_snakemake_before_any_job(tmp_path):
     """A panel gene the data does not measure would draw a blank stain that reads as a true
     negative; the simulated run is checked against the simulator's panel, before its files
@@ -572,6 +574,7 @@ def test_a_misspelt_panel_gene_stops_snakemake_before_any_job(tmp_path):
     assert not (tmp_path / "results" / "simulated").exists()
 
 
+@pytest.mark.slow  # starts Snakemake (~10 s)
 def test_a_sheet_without_training_samples_says_so_on_the_console_and_the_front_page(tmp_path):
     run = snakemake_startup(tmp_path, {}, [simulated_row("s1", "xenium", "test"),
                                            simulated_row("s2", "he_only", "train")])

@@ -30,6 +30,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 RUN_SCRIPT = """
@@ -112,6 +113,7 @@ def compare_trees(a: Path, b: Path) -> tuple[list[str], list[str]]:
     return names, differ
 
 
+@pytest.mark.slow  # the data half, twice (~30 s)
 def test_same_config_and_seed_give_the_same_outputs(tmp_path):
     work, first, second = tmp_path / "run", tmp_path / "first", tmp_path / "second"
     run_pipeline(work, hash_seed=1)

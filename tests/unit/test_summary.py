@@ -198,10 +198,10 @@ def test_front_page_shows_a_compact_per_sample_table(tmp_path, repo_root):
     assert "12 slides (1 visium, 11 xenium), 12 cells" in html
     cells = re.findall(r"<td>(?:<p>)?(.*?)(?:</p>)?</td>", html)
     # the visium sample sorts first: head with its interval, strongest baseline, difference
-    assert cells[:4] == ["s11 (visium)", "0.610 (0.560 to 0.660)", "mean_baseline 0.000",
-                         "+0.610 (0.560 to 0.660)"]
+    assert cells[:4] == ["s11 (visium)", "0.610 (0.560–0.660)", "mean_baseline 0.000",
+                         "+0.610 (0.560–0.660)"]
     assert "s04" in html and "s05" not in html and "6 more held-out slides" in html
-    assert "combined 0.710 (0.650 to 0.770)" in html
+    assert "combined 0.710 (0.650–0.770)" in html
     rows = summary_rows(summary)
     diff = rows[rows["metric"] == "pearson_50_diff"].set_index("sample")
     assert diff.loc["s11", ["method", "value", "low", "high"]].tolist() == [
@@ -237,9 +237,9 @@ def test_agreement_gives_kappa_intervals_and_reasons_never_nan(tmp_path, repo_ro
     # reason for a missing value in place of the value
     cells = re.findall(r"<td>(?:<p>)?(.*?)(?:</p>)?</td>", html)
     assert cells[cells.index("HER2"):][:4] == ["HER2", "12 regions", f"— ({reason})",
-                                               "0.00 (0.00 to 0.00)"]
-    assert cells[cells.index("CD3"):][:4] == ["CD3", "8 regions", "0.90 (0.80 to 0.95)",
-                                              "0.75 (0.50 to 0.90)"]
+                                               "0.00 (0.00–0.00)"]
+    assert cells[cells.index("CD3"):][:4] == ["CD3", "8 regions", "0.90 (0.80–0.95)",
+                                              "0.75 (0.50–0.90)"]
 
 
 def test_front_page_gives_each_marker_its_level_with_most_pairs(tmp_path, repo_root):
@@ -259,7 +259,7 @@ def test_front_page_gives_each_marker_its_level_with_most_pairs(tmp_path, repo_r
     _, html = render_front_page(repo_root, json.loads(json.dumps(summary)))
     assert "system-message" not in html and "over 40 cores" in html
     cells = re.findall(r"<td>(?:<p>)?(.*?)(?:</p>)?</td>", html)
-    assert cells[cells.index("CD3"):][:3] == ["CD3", "0.80 (0.70 to 0.90)", "0.50 (0.30 to 0.70)"]
+    assert cells[cells.index("CD3"):][:3] == ["CD3", "0.80 (0.70–0.90)", "0.50 (0.30–0.70)"]
 
 
 def test_skipped_stages_are_on_the_front_page(tmp_path, repo_root):
