@@ -7,8 +7,8 @@ resumes to the same results.
 - The workflow (two tiny simulated samples, Xenium and H&E-only, data half only) is SIGKILLed
   with its running jobs part-way (as a node failure would: while qc writes, patches beside it),
   resumed with ``snakemake --unlock`` then ``--rerun-incomplete``, and its results compared
-  with those of an uninterrupted run: every file but the logs, so the same counts tables, cell
-  ids and patch store bytes (the comparison of ``test_determinism``).
+  with those of an uninterrupted run: every file but the logs and benchmark files, so the
+  same counts tables, cell ids and patch store bytes (the comparison of ``test_determinism``).
 
 Pretraining's own resume (SIGTERM, checkpoint, identical weights) is tested in
 ``tests/unit/test_models_train.py::test_sigterm_saves_and_the_resumed_run_ends_with_identical_weights``.
@@ -179,10 +179,12 @@ def kill_workflow_mid_qc(workdir: Path, timeout: float = 600) -> None:
 
 
 def outputs(workdir: Path) -> Path:
-    """A copy of ``workdir/results`` without logs and killed-job debris, for comparison."""
+    """A copy of ``workdir/results`` without logs, benchmark files (timings: measurements,
+    not outputs) and killed-job debris, for comparison."""
     kept = workdir.parent / f"{workdir.name}-results"
     shutil.copytree(workdir / "results", kept,
-                    ignore=lambda folder, names: [n for n in names if ".tmp-" in n or n == "logs"])
+                    ignore=lambda folder, names: [n for n in names if ".tmp-" in n
+                                                  or n in ("logs", "benchmarks")])
     return kept
 
 
