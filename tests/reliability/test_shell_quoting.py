@@ -99,8 +99,7 @@ def test_command_fragments_quote_what_they_carry(tmp_path):
     for command, args in (
             (pastflow_command(checkout, str(python)), ["-m", "pastflow"]),
             (pastflow_launcher(checkout, str(python), gpus=2),
-             ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-              "pastflow"])):
+             ["-m", "pastflow.launch", "--nproc-per-node=2"])):
         run = subprocess.run(["bash", "-c", f"{command} {option('--x', HOSTILE)}"],
                              cwd=tmp_path, env={"PATH": PLAIN_PATH, "PYTHONPATH": "/old"},
                              capture_output=True, text=True, check=True)

@@ -39,6 +39,10 @@ def small_config(repo: Path, workdir: Path) -> None:
     if "pretrain" in config:  # keep the GPU-partition stage tiny on the CPU
         config["pretrain"].setdefault("train", {}).update(steps=4, batch_size=16, num_workers=0,
                                                           checkpoint_every=2)
+    # The node's GPU is a GRES without a device: the GPU rules run on the CPU, by request
+    # (with `auto`, a job given a GPU that finds no CUDA fails: pastflow.models.device).
+    config.setdefault("pretrain", {}).setdefault("train", {})["device"] = "cpu"
+    config.setdefault("embed", {})["device"] = "cpu"
     (workdir / "config").mkdir()
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     sim = "results/simulated"

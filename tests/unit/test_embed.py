@@ -194,6 +194,40 @@ def test_spatial_model_embeds_with_the_training_neighbours(trained, cohort, tmp_
     assert table.obsm["X_image"] == pytest.approx(expected.numpy(), abs=1e-5)
 
 
+def test_shards_over_several_devices_and_loader_workers_change_nothing(trained, cohort):
+    """The GPU path's plumbing, on CPU: the cells split into one shard per device (here two
+    CPU "devices", each a thread with its own replica of the model), batches read ahead by
+    worker processes, the shards joined in order. With spatial context a cell at a shard's
+    edge keeps its neighbours from the other shard. Same embeddings as one device's."""
+    from pastflow.embed.encode import embed_images
+    from pastflow.patches.reader import PatchStore
+
+    config = load_checkpoint(trained / "model").config
+    spatial = resolve_pretrain_config({**TINY, "model": {**TINY["model"],
+                                                          "spatial": {"k": 3, "heads": 2}}})
+    spatial["model"].update(genes=config["model"]["genes"], pathways=config["model"]["pathways"],
+                            image_px=config["model"]["image_px"])
+    model = random_model(spatial, seed=4)
+    store = PatchStore(cohort[0].store)
+    rows = np.random.default_rng(0).permutation(len(store))[:30]  # any order is kept
+    kwargs = dict(mean=spatial["data"]["mean"], std=spatial["data"]["std"], batch_size=4,
+                  progress=False)
+    one = embed_images(model, store, rows, device="cpu", **kwargs)
+    two = embed_images(model, store, rows, device=["cpu", "cpu"], num_workers=1, **kwargs)
+    assert one.shape == (30, 16) and np.isfinite(one).all()
+    # Neighbours found within each shard instead would change the edge cells' embeddings.
+    assert two == pytest.approx(one, abs=1e-5)
+
+
+def test_embed_devices_are_every_visible_gpu_for_plain_cuda(monkeypatch):
+    from pastflow.embed.encode import embed_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert embed_devices("cuda") == [torch.device("cuda", i) for i in range(3)]
+    assert embed_devices("cuda:1") == [torch.device("cuda", 1)]
+    assert embed_devices("cpu") == [torch.device("cpu")]
+
+
 def test_a_table_of_another_sample_is_refused_and_nothing_is_written(trained, cohort, tmp_path,
                                                                       capsys):
     from pastflow.cli import main

@@ -189,6 +189,45 @@ def test_rng_state_round_trip():
     assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
 
 
+class GpuGenerators:
+    """The CUDA generator calls of ``torch.cuda``, recorded: this machine has no GPU, and what
+    is checked is which GPUs a rank touches. ``get_rng_state_all`` (every visible GPU: a
+    context opened on each) fails the test if called."""
+
+    def __init__(self, monkeypatch):
+        self.read, self.written = [], []
+        monkeypatch.setattr(torch.cuda, "get_rng_state", self.get)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set)
+        for every in ("get_rng_state_all", "set_rng_state_all"):
+            monkeypatch.setattr(torch.cuda, every, self.every)
+
+    def get(self, device="cuda"):
+        self.read.append(torch.device(device))
+        return torch.full((16,), torch.device(device).index, dtype=torch.uint8)
+
+    def set(self, state, device="cuda"):
+        self.written.append((torch.device(device), int(state[0])))
+
+    def every(self, *args):
+        raise AssertionError("a rank touched every GPU's generator")
+
+
+def test_each_rank_saves_and_restores_only_its_own_gpus_rng_state(monkeypatch):
+    gpus = GpuGenerators(monkeypatch)
+    meta, tensors = rng_to_state(torch.device("cuda", 1))  # the rank of GPU 1
+    assert gpus.read == [torch.device("cuda", 1)]
+    assert [k for k in tensors if "cuda" in k] == ["rng.cuda"] and tensors["rng.cuda"][0] == 1
+    rng_from_state(meta, tensors, torch.device("cuda", 1))
+    assert gpus.written == [(torch.device("cuda", 1), 1)]
+    # A CPU process saves no CUDA state; a CPU run's state resumed on a GPU leaves the GPU's
+    # generator as seeded; a GPU run's resumed on the CPU ignores it.
+    cpu_meta, cpu_tensors = rng_to_state(torch.device("cpu"))
+    assert not [k for k in cpu_tensors if "cuda" in k] and len(gpus.read) == 1
+    rng_from_state(cpu_meta, cpu_tensors, torch.device("cuda", 0))
+    rng_from_state(meta, tensors, torch.device("cpu"))
+    assert len(gpus.written) == 1
+
+
 def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():
     """pastflow gained `pretrain.recipe` (default null) after this checkpoint was written: it
     ran without a recipe, so the run with the default continues it; another value does not."""

@@ -137,13 +137,24 @@ def test_resumable_sampler_skips_done_batches_and_splits_ranks(dataset):
     resumed = ResumableBatchSampler(dataset.groups(), 8, seed=4)
     resumed.set_position(epoch=3, batches_done=2)
     assert list(resumed) == order[2:] and len(resumed) == len(order) - 2
+    # batch_size is the global batch: on 2 ranks step t is step t of one process, halved.
     ranks = [ResumableBatchSampler(dataset.groups(), 8, num_replicas=2, rank=r, seed=4)
              for r in (0, 1)]
     for r in ranks:
         r.set_position(epoch=3, batches_done=0)
-    halves = [set(sum(list(r), [])) for r in ranks]
-    assert len(ranks[0]) == len(ranks[1]) == 4  # 9 batches: each rank 4, one left over
-    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 64
+    steps = list(zip(*ranks))
+    assert len(ranks[0]) == len(ranks[1]) == len(steps) == 9
+    assert [sorted(a + b) for a, b in steps] == [sorted(batch) for batch in order]
+    assert all(len(a) == len(b) == 4 and not set(a) & set(b) for a, b in steps)
+    for r in ranks:  # a resumed run, on any number of ranks, continues the same steps
+        r.set_position(epoch=3, batches_done=2)
+    assert [sorted(a + b) for a, b in zip(*ranks)] == [sorted(batch) for batch in order[2:]]
+    odd = [ResumableBatchSampler(dataset.groups(), 8, num_replicas=3, rank=r, seed=4)
+           for r in range(3)]
+    for r in odd:
+        r.set_position(epoch=3, batches_done=0)
+    assert [sorted(sum(step, [])) for step in zip(*odd)] == [sorted(batch) for batch in order]
+    assert {tuple(len(part) for part in step) for step in zip(*odd)} == {(3, 3, 2)}
     other_epoch = ResumableBatchSampler(dataset.groups(), 8, seed=4)
     other_epoch.set_position(epoch=4, batches_done=0)
     assert list(other_epoch) != order

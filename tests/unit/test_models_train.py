@@ -292,6 +292,55 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(cohort, tmp_path):
     assert len(pd.read_csv(out / "metrics.tsv", sep="\t")) == 6
 
 
+@pytest.mark.slow  # torchrun with two gloo ranks, then a resume (~15 s each)
+@pytest.mark.parametrize("stop_signal", [signal.SIGUSR1, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_to_a_torchrun_run_exits_75_and_resumes_on_one_process(cohort, tmp_path,
+                                                                       caplog, stop_signal):
+    """torchrun turns a worker's exit status into its own (1); through ``pastflow.launch``
+    (the pretrain rule's command on GPUs) a run stopped by a signal exits 75 once its
+    checkpoint is saved. The signal goes to the launcher's process group, which torchrun's
+    workers (each in a session of its own) are not in: the launcher forwards it. SIGUSR1:
+    torchrun would die of it, orphaning its workers, but starts with it ignored; SIGTERM:
+    torchrun stops its workers itself too. The checkpoint of 2 processes then resumes on 1
+    (new random streams, a warning) and trains on to the last step."""
+    config = json.loads(json.dumps(CONFIG))
+    config["model"]["spatial"]["k"] = 0
+    config["train"].update(steps=20, checkpoint_every=3)
+    config_path = tmp_path / "pretrain.yaml"
+    config_path.write_text(yaml.safe_dump({"pretrain": config}))
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "pastflow.launch", "--nproc-per-node=2",
+                                *cli_args(cohort, config_path, out)], env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoints" / "step_00000003" / "config.json").exists():
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.01)
+        os.killpg(process.pid, stop_signal)
+        log = process.communicate(timeout=180)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == EXIT_PREEMPTED, log[-3000:]
+    # Each rank (twice on SIGTERM: from the launcher and from torchrun).
+    assert log.count(f"received {stop_signal.name}") >= 2, log[-3000:]
+    stopped_at = int(latest_checkpoint(out / "checkpoints").name.split("_")[1])
+    assert 3 < stopped_at < 20, log[-3000:]
+    assert not (out / "model").exists()
+    if stop_signal != signal.SIGUSR1:
+        return  # the resume once is enough
+
+    with caplog.at_level("WARNING", logger="pastflow.models.train"):
+        resumed = pretrain_in_one_thread(config, samples_of(cohort), out, progress=False)
+    assert "checkpoint of 2 processes resumed on 1" in caplog.text
+    assert resumed.step == 20 and not resumed.preempted
+    metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
+    assert metrics["step"].tolist() == list(range(1, 21))  # continued, not started over
+
+
 def test_cli_reads_the_pretrain_section_and_reports_bad_input(cohort, tmp_path, capsys):
     path = tmp_path / "workflow.yaml"
     path.write_text(yaml.safe_dump({"samples": "x.tsv", "pretrain": {"train": {"steps": 3}}}))

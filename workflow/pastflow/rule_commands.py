@@ -12,6 +12,8 @@ import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
+from pastflow.launch import GPUS_ENV
+
 
 def pastflow_command(checkout: str | Path, python: str) -> str:
     """``python -m pastflow`` on this checkout's package: ``PYTHONPATH`` gets the checkout's
@@ -23,17 +25,19 @@ def pastflow_command(checkout: str | Path, python: str) -> str:
 
 def pastflow_launcher(checkout: str | Path, python: str, gpus: int = 0) -> str:
     """The pastflow command for ``gpus`` GPUs: one process on CPU (``gpus`` < 1), else
-    torchrun of the same interpreter (``python -m torch.distributed.run``, not a
-    ``torchrun`` from ``PATH``) with one process per GPU, rendezvous on this host."""
+    torchrun of the same interpreter with one process per GPU, rendezvous on this host,
+    through :mod:`pastflow.launch` (which keeps the resumable exit status 75 that torchrun
+    would replace), with ``PASTFLOW_GPUS`` set: a process that finds no CUDA then fails
+    (:mod:`pastflow.models.device`) instead of training on the CPU."""
     if gpus < 1:
         return pastflow_command(checkout, python)
-    return _on_checkout(checkout, python, "-m torch.distributed.run --standalone "
-                        f"--nproc-per-node={int(gpus)} -m pastflow")
+    return _on_checkout(checkout, python, f"-m pastflow.launch --nproc-per-node={int(gpus)}",
+                        env=f"{GPUS_ENV}={int(gpus)} ")
 
 
-def _on_checkout(checkout: str | Path, python: str, args: str) -> str:
+def _on_checkout(checkout: str | Path, python: str, args: str, env: str = "") -> str:
     return (f"PYTHONPATH={shlex.quote(str(checkout))}${{PYTHONPATH:+:$PYTHONPATH}} "
-            f"{shlex.quote(python)} {args}")
+            f"{env}{shlex.quote(python)} {args}")
 
 
 def option(flag: str, value: str | Path | None) -> str:

@@ -1,9 +1,10 @@
 # Cohort level: one model from the train samples that have expression; the val samples are
 # only its validation input (validation loss per checkpoint, the best one kept). Only the
 # model files are declared, not the folder: checkpoints/ beside them survives a failed or
-# pre-empted job (exit 75 on SIGTERM/SIGUSR1), the retry resumes from the newest one (with
-# more wall time per attempt), and the model files are written last. With `gpu` >= 1 (the
-# slurm profile) the job starts one process per GPU through torchrun (DDP).
+# pre-empted job (exit 75 on SIGTERM/SIGUSR1/SIGURG), the retry resumes from the newest one
+# (with more wall time per attempt), and the model files are written last. With `gpu` >= 1
+# (the slurm profile) the job starts one process per GPU through torchrun (DDP), by
+# `python -m pastflow.launch`, which keeps the exit status 75 that torchrun would replace.
 rule pretrain:
     input:
         stores=expand("results/patches/{sample}.h5", sample=PRETRAIN_SAMPLES),

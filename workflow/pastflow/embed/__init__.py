@@ -1,7 +1,8 @@
 """The ``embed`` stage: a trained model's embeddings of every cell of a sample.
 
 - ``encode.py``: :func:`embed_images` (patch store -> image embeddings, with spatial context
-  when the model has it), :func:`embed_expression` (QC table -> expression embeddings),
+  when the model has it; batches read ahead by loader workers, every GPU of the job, bf16
+  on CUDA), :func:`embed_expression` (QC table -> expression embeddings),
   :func:`random_model` (the same architecture with seeded random weights, the baseline);
 - ``morphology.py``: :func:`morphology_features`, hand-crafted H&E features of a batch of
   patches (stains after colour deconvolution, nuclei, texture), the morphology baseline;

@@ -9,14 +9,21 @@ the reconstruction head reads ``h`` itself, so ``h`` is what the predict stage n
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
-from typing import Iterator, Sequence
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from pastflow.errors import InputError
+from pastflow.job_cpus import loader_workers
 from pastflow.models.data import gene_selection_matrix, nearest_neighbors
 from pastflow.models.model import PastModel
 from pastflow.patches.reader import PatchStore
@@ -51,57 +58,165 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + batch_size))
 
 
-def _normalise(patches: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-               device: torch.device) -> torch.Tensor:
-    """``uint8 (..., 3, s, s)`` -> ``float32`` on ``device``, ``(x / 255 - mean) / std``, as in
-    training (:func:`pastflow.models.augment.normalize_patch` without augmentation)."""
-    tensor = torch.from_numpy(patches).to(device, non_blocking=True).float().div_(255.0)
-    return tensor.sub_(mean).div_(std)
+class CellBatches(Dataset):
+    """Batch ``i`` of store rows ``rows`` (``batch_size`` rows, in order), read from the store:
+    ``patch`` ``uint8 (n, 3, s, s)``; with spatial context (``neighbors``: store rows
+    ``int64 (len(rows), k)``, -1 = none) also ``neighbor_patches`` ``uint8 (n, k, 3, s, s)``
+    and ``neighbor_mask`` ``bool (n, k)``. Absent neighbours read row 0 and are masked out of
+    the attention. Streamed by a DataLoader with ``batch_size=None`` (:func:`batch_loader`):
+    a worker reads a whole batch, and uint8 crosses to the device (4x less than float)."""
+
+    def __init__(self, store: PatchStore, rows: np.ndarray, size: int, batch_size: int,
+                 neighbors: np.ndarray | None = None):
+        self.store, self.rows, self.size = store, np.asarray(rows), int(size)
+        self.batch_size, self.neighbors = int(batch_size), neighbors
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        part = slice(index * self.batch_size, min(len(self.rows), (index + 1) * self.batch_size))
+        batch = {"patch": torch.from_numpy(self.store.read(self.rows[part], size=self.size))}
+        if self.neighbors is not None:
+            ids = self.neighbors[part]
+            mask = ids >= 0
+            flat = self.store.read(np.where(mask, ids, 0).ravel(), size=self.size)
+            batch["neighbor_patches"] = torch.from_numpy(flat).unflatten(0, ids.shape)
+            batch["neighbor_mask"] = torch.from_numpy(mask)
+        return batch
 
 
-@torch.inference_mode()
+def batch_loader(batches: CellBatches, device: torch.device, workers: int) -> DataLoader:
+    """The batches in order, read ahead by ``workers`` processes (0 = in this process), into
+    pinned memory on CUDA so that the copy to the device runs asynchronously."""
+    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
+
+
+def embed_devices(device: str | torch.device) -> list[torch.device]:
+    """The devices an embedding runs on: every visible GPU for ``cuda`` without an index,
+    else ``device`` alone (``cuda:1``, ``cpu``)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return [torch.device("cuda", i) for i in range(max(1, torch.cuda.device_count()))]
+    return [device]
+
+
+def on_device(batches: Iterable[dict], device: torch.device,
+              ahead: int = 2) -> Iterator[dict[str, torch.Tensor]]:
+    """``batches`` (dicts of tensors) moved to ``device``, in order.
+
+    On CUDA each batch is copied on a side stream while the GPU still computes the ones
+    before it (a copy on the compute stream would wait for them: for 224 px uint8 patches,
+    about a tenth of a ViT-B/16 forward pass), and the caller runs at most ``ahead`` batches
+    ahead of the GPU, so that queued batches cannot pile up in its memory."""
+    if device.type != "cuda":
+        for batch in batches:
+            yield {key: value.to(device) for key, value in batch.items()}
+        return
+    compute, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    in_flight: deque[torch.cuda.Event] = deque()
+    for batch in batches:
+        with torch.cuda.stream(side):
+            moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        compute.wait_stream(side)
+        for tensor in moved.values():
+            tensor.record_stream(compute)  # not reused before the compute stream is done
+        yield moved
+        in_flight.append(compute.record_event())
+        if len(in_flight) > ahead:
+            in_flight.popleft().synchronize()
+
+
+def _normalise(patches: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``uint8 (..., 3, s, s)`` -> ``float32``, ``(x / 255 - mean) / std``, as in training
+    (:func:`pastflow.models.augment.normalize_patch` without augmentation)."""
+    return patches.float().div_(255.0).sub_(mean).div_(std)
+
+
 def embed_images(model: PastModel, store: PatchStore, rows: np.ndarray, *, mean: Sequence[float],
                  std: Sequence[float], batch_size: int,
-                 neighbor_radius_um: float | None = None, device: str | torch.device = "cpu",
-                 progress: bool = True, desc: str = "embed images") -> np.ndarray:
+                 neighbor_radius_um: float | None = None,
+                 device: str | torch.device | Sequence[str | torch.device] = "cpu",
+                 num_workers: int | None = None, progress: bool = True,
+                 desc: str = "embed images") -> np.ndarray:
     """Image embeddings ``float32 (len(rows), embed_dim)`` of store rows ``rows``.
 
     Patches are cropped from the store at the model's ``image_px`` around a cell, whole around
     a spot (:func:`~pastflow.resolution.crop_px`), and normalised with the
     training ``mean``/``std``. With spatial fusion (``model.k_neighbors > 0``) each cell's
     neighbours are its nearest cells among ``rows``. bf16 autocast on CUDA, fp32 on CPU.
+
+    ``device``: one device, or several GPUs (:func:`embed_devices`): the rows are split into
+    one contiguous shard per GPU, each embedded by a replica of the model in a thread of its
+    own, and the shards joined in order. ``num_workers``: patch-reading processes per device
+    (None: from the job's CPUs on CUDA, :func:`pastflow.job_cpus.loader_workers`; 0 on CPU,
+    where the forward pass needs every core and reading is a small part of the time).
     """
     from pastflow.progress import progress_bar
 
-    device = torch.device(device)
-    model = model.to(device).eval()
+    devices = [torch.device(d) for d in
+               ([device] if isinstance(device, (str, torch.device)) else device)]
+    devices = devices[:max(1, len(rows))]
+    model = model.to(devices[0]).eval()
+    # Replicas after the first: copies of the model moved to their own GPU.
+    models = [model] + [copy.deepcopy(model).to(d) for d in devices[1:]]
     size = crop_px(store, model.config["image_px"])
     k = model.k_neighbors
+    # Neighbours among all rows, before sharding: a shard's edge cells keep theirs.
     neighbors = neighbor_rows(store, rows, k, neighbor_radius_um) if k else None
+    if num_workers is None:
+        num_workers = loader_workers(len(devices)) if devices[0].type == "cuda" else 0
+    shards = np.array_split(np.arange(len(rows)), len(devices))
+    # Every loader's worker processes are forked here, in the calling thread, before any
+    # device thread runs (a fork beside running threads can inherit a held lock).
+    streams = [iter(batch_loader(CellBatches(store, rows[shard], size, batch_size,
+                                             None if neighbors is None else neighbors[shard]),
+                                 d, num_workers))
+               for shard, d in zip(shards, devices)]
+    lock = threading.Lock()
+    with progress_bar(total=len(rows), unit="cell", desc=desc, enabled=progress) as bar:
+        def advance(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        jobs = [(m, s, len(shard), d, mean, std, advance)
+                for m, s, shard, d in zip(models, streams, shards, devices)]
+        if len(jobs) == 1:
+            parts = [_embed_stream(*jobs[0])]
+        else:
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                parts = list(pool.map(lambda job: _embed_stream(*job), jobs))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _embed_stream(model: PastModel, stream, n: int, device: torch.device,
+                  mean: Sequence[float], std: Sequence[float], advance) -> np.ndarray:
+    """Embeddings ``float32 (n, embed_dim)`` of the batches of ``stream`` on ``device``.
+
+    The current device, inference mode and autocast are per thread, so they are set here.
+    Results stay on the device until the end: reading each batch back would wait for the GPU
+    every batch."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
-    out = np.empty((len(rows), int(model.config["embed_dim"])), np.float32)
-    buffer = np.empty((batch_size * (1 + k), 3, size, size), np.uint8)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with progress_bar(total=len(rows), unit="cell", desc=desc, enabled=progress) as bar:
-        for part in _batches(len(rows), batch_size):
-            n = part.stop - part.start
-            patches = _normalise(store.read(rows[part], size=size, out=buffer[:n]), mean_t, std_t,
-                                 device)
+    current = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with current, torch.inference_mode():
+        out = torch.empty((n, int(model.config["embed_dim"])), dtype=torch.float32,
+                          device=device)
+        start = 0
+        for batch in on_device(stream, device):
+            patches = _normalise(batch["patch"], mean_t, std_t)
             neighbor_patches = neighbor_mask = None
-            if k:
-                ids = neighbors[part]
-                mask = ids >= 0
-                # Absent neighbours read row 0 and are masked out of the attention.
-                flat = store.read(np.where(mask, ids, 0).ravel(), size=size,
-                                  out=buffer[n:n + n * k])
-                neighbor_patches = _normalise(flat, mean_t, std_t, device).unflatten(0, (n, k))
-                neighbor_mask = torch.from_numpy(mask).to(device)
+            if "neighbor_patches" in batch:
+                neighbor_patches = _normalise(batch["neighbor_patches"], mean_t, std_t)
+                neighbor_mask = batch["neighbor_mask"]
             with autocast:
                 h = model.encode_image(patches, neighbor_patches, neighbor_mask)
-            out[part] = h.float().cpu().numpy()
-            bar.update(n)
-    return out
+            out[start:start + len(h)] = h.float()
+            start += len(h)
+            advance(len(h))
+        return out.cpu().numpy()
 
 
 @torch.inference_mode()

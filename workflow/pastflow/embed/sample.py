@@ -34,12 +34,13 @@ import pandas as pd
 import torch
 
 from pastflow.atomic import atomic_path
-from pastflow.embed.encode import embed_expression, embed_images, random_model
+from pastflow.embed.encode import embed_devices, embed_expression, embed_images, random_model
 from pastflow.embed.morphology import MORPHOLOGY_FEATURES, measure_store
 from pastflow.embed.settings import EmbedSettings
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.data import read_qc_table
+from pastflow.models.device import resolve_device
 from pastflow.models.provenance import check_held_out
 from pastflow.patches.reader import PatchStore
 from pastflow.resolution import check_store, crop_px
@@ -47,8 +48,17 @@ from pastflow.resolution import check_store, crop_px
 log = logging.getLogger(__name__)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def embed_device(requested: str | None = None) -> torch.device:
+    """The device of setting ``embed.device``: null or ``auto``: CUDA (every visible GPU)
+    when torch sees one, else the CPU, but a job given GPUs that finds no CUDA fails;
+    ``cuda`` / ``cuda:N``: fail without CUDA (:func:`pastflow.models.device.resolve_device`,
+    whose message says how to install a CUDA torch); any other torch device as it is."""
+    if requested is not None and requested != "auto" and not requested.startswith("cuda"):
+        return torch.device(requested)
+    chosen = resolve_device(requested, setting="embed.device")
+    if chosen.type == "cuda" and requested in (None, "auto", "cuda"):
+        return torch.device("cuda")  # no index: every visible GPU (embed_devices)
+    return chosen
 
 
 def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | Path,
@@ -70,7 +80,7 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
             in the store.
     """
     batch_size, random_seed = settings.batch_size, settings.random_seed
-    device = torch.device(settings.device) if settings.device else default_device()
+    device = embed_device(settings.device)
     checkpoint = load_checkpoint(model_dir, device=device)
     config, model = checkpoint.config, checkpoint.model
     store = PatchStore(store_path)
@@ -84,17 +94,19 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
     cell_ids = np.asarray(store.cell_ids)[rows].astype(str)
     sample = sample or str(store.attrs.get("sample", Path(store_path).stem))
     check_held_out(checkpoint.training_data, sample, split, model_dir)
+    devices = embed_devices(device)  # every visible GPU when the device is plain "cuda"
     image_kwargs = dict(mean=config["data"]["mean"], std=config["data"]["std"],
-                        batch_size=batch_size, device=device, progress=progress,
+                        batch_size=batch_size, device=devices, progress=progress,
+                        num_workers=settings.num_workers,
                         neighbor_radius_um=config["data"]["neighbor_radius_um"])
 
     start = time.perf_counter()
     trained = embed_images(model, store, rows, desc=f"{sample}: trained", **image_kwargs)
     seconds = time.perf_counter() - start
-    random = embed_images(random_model(config, random_seed).to(device), store, rows,
+    random = embed_images(random_model(config, random_seed), store, rows,
                           desc=f"{sample}: random", **image_kwargs)
     log.info("%s: embedded %d cells in %.1f s (%.0f cells/s, %s, batch %d)", sample, len(rows),
-             seconds, len(rows) / seconds, device, batch_size)
+             seconds, len(rows) / seconds, ", ".join(map(str, devices)), batch_size)
     start = time.perf_counter()
     morphology = measure_store(store, rows, crop_px(store, config["model"]["image_px"]),
                                store.mpp)
@@ -123,7 +135,8 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
         "model_patch_um": _or_nan(config["model"].get("patch_um")),
         "slide_path": str(store.attrs.get("source_slide", "")),
         "slide_mpp": store.slide_mpp,
-        "device": str(device), "batch_size": int(batch_size),
+        "device": str(device), "devices": [str(d) for d in devices],
+        "batch_size": int(batch_size),
         "image_cells_per_s": round(len(rows) / seconds, 1),
         "morphology_features": list(MORPHOLOGY_FEATURES),
         "morphology_cells_per_s": round(len(rows) / morphology_seconds, 1),

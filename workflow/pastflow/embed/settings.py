@@ -13,4 +13,9 @@ class EmbedSettings(Settings):
 
     batch_size: int = setting(256, "cells per forward pass", minimum=1)
     random_seed: int = setting(0, "seed of the random-weight baseline encoder", minimum=0)
-    device: str | None = setting(None, "torch device (null = cuda when available, else cpu)")
+    device: str | None = setting(None, "null or auto: cuda when torch sees a GPU (every "
+                                       "visible one), else cpu, but a job given GPUs fails "
+                                       "without CUDA; cuda, cuda:N, cpu, or another torch "
+                                       "device")
+    num_workers: int | None = setting(None, "patch-reading worker processes per GPU (null = "
+                                            "from the job's CPUs on GPUs, 0 on CPU)", minimum=0)

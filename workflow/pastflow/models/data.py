@@ -383,10 +383,13 @@ class ResumableBatchSampler(Sampler):
     :meth:`CellDataset.groups`), spread over ``num_replicas`` ranks; seeded per epoch.
 
     Each epoch shuffles every group, cuts it into full batches (the remainder waits for
-    another epoch's shuffle; a group smaller than a batch is one batch), shuffles the batches and deals them to the ranks, every rank
-    the same number. After :meth:`set_position` an epoch starts after the batches this rank
-    already trained on, so a resumed run sees exactly the cells the uninterrupted one would
-    have.
+    another epoch's shuffle; a group smaller than a batch is one batch), and shuffles the
+    batches. ``batch_size`` is the global batch: on ``num_replicas`` ranks each batch is cut
+    into that many near-equal slices and rank ``r`` takes slice ``r``, so step ``t`` of any
+    number of ranks trains on the cells of step ``t`` of one process (a batch smaller than
+    ``num_replicas`` is left out). After :meth:`set_position` an epoch starts after the
+    batches already trained on, so a resumed run, even on another number of ranks, sees
+    exactly the cells the uninterrupted one would have.
     """
 
     def __init__(self, groups: Sequence[np.ndarray], batch_size: int, num_replicas: int = 1,
@@ -394,8 +397,8 @@ class ResumableBatchSampler(Sampler):
         self.groups = [np.asarray(g, np.int64) for g in groups]
         self.batch_size, self.num_replicas, self.rank = int(batch_size), num_replicas, rank
         self.seed, self.epoch, self.start = int(seed), 0, 0
-        n_batches = sum(len(g) // self._batch_size(g) for g in self.groups)
-        self.batches_per_epoch = n_batches // num_replicas  # per rank
+        self.batches_per_epoch = sum(len(g) // self._batch_size(g) for g in self.groups
+                                     if self._batch_size(g) >= num_replicas)
 
     def _batch_size(self, group: np.ndarray) -> int:
         """``batch_size``; a group smaller than that (a small spot slide) is one batch of its
@@ -414,7 +417,8 @@ class ResumableBatchSampler(Sampler):
             n = len(order) // size
             batches.extend(order[:n * size].reshape(n, size))
         batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches[:self.batches_per_epoch * self.num_replicas][self.rank::self.num_replicas]
+        return [np.array_split(b, self.num_replicas)[self.rank] for b in batches
+                if len(b) >= self.num_replicas]
 
     def __iter__(self):
         for batch in self._epoch()[self.start:]:

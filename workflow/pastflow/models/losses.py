@@ -11,6 +11,12 @@
 
 Losses are means over cells (and over measured entries where a mask is given), so their scale
 does not depend on the batch size or the number of genes.
+
+On several ranks the contrastive losses take a :class:`~pastflow.models.distributed.RowGather`:
+this rank's cells are compared with every rank's (the global batch, gathered with gradient),
+and the value returned is this rank's term of the global loss, so that the mean over the ranks
+equals the loss of the whole batch on one process, and so do DistributedDataParallel's
+averaged gradients.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pastflow.models.distributed import RowGather
 
 
 class LearnableTemperature(nn.Module):
@@ -43,31 +51,48 @@ class LearnableTemperature(nn.Module):
         return self.log_scale.clamp(*self.bounds).exp()
 
 
-def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+def _global_batch(a: torch.Tensor, b: torch.Tensor, gather: RowGather | None):
+    """``(all_a, all_b, labels, share)``: every rank's rows of ``a`` and ``b``, the index in
+    them of this rank's pairs, and this rank's share of the global batch
+    (:attr:`RowGather.share`)."""
+    if gather is None:
+        gather = RowGather([len(a)])
+    labels = gather.offset + torch.arange(len(a), device=a.device)
+    return gather(a), gather(b), labels, gather.share
+
+
+def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float,
+              gather: RowGather | None = None) -> torch.Tensor:
     """Symmetric InfoNCE: row ``i`` of ``a`` must pick row ``i`` of ``b`` and vice versa.
 
     ``a``, ``b``: ``(n, d)`` L2-normalised embeddings of ``n`` pairs; ``logit_scale``:
     ``1 / temperature``. Returns ``(CE(s a b^T, I) + CE(s b a^T, I)) / 2``, a 0-d tensor.
+    With ``gather`` (several ranks): ``b`` and ``a`` are every rank's (``N`` columns), the rows
+    this rank's, and the value this rank's term: its mean over the ranks is the loss of the
+    ``N`` pairs.
     """
-    logits = logit_scale * a @ b.T
-    labels = torch.arange(len(a), device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    all_a, all_b, labels, share = _global_batch(a, b, gather)
+    return share * (F.cross_entropy(logit_scale * a @ all_b.T, labels)
+                    + F.cross_entropy(logit_scale * b @ all_a.T, labels)) / 2
 
 
 def soft_clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float,
-                   target_temperature: float = 1.0) -> torch.Tensor:
+                   target_temperature: float = 1.0,
+                   gather: RowGather | None = None) -> torch.Tensor:
     """InfoNCE with soft targets from within-modality similarity (BLEEP, PAST).
 
     ``targets = softmax((a a^T + b b^T) / 2 / target_temperature)`` row-wise, treated as
     constants; the loss is the mean of the cross-entropies of ``s a b^T`` and ``s b a^T``
     against them. Unlike BLEEP's code, both directions use row-normalised targets (its
     transpose of the row-softmax is column-normalised for the second direction).
+    With ``gather``: as :func:`clip_loss`, the targets too from the whole global batch.
     """
-    logits = logit_scale * a @ b.T
+    all_a, all_b, _, share = _global_batch(a, b, gather)
     with torch.no_grad():
-        within = (a @ a.T + b @ b.T) / 2
+        within = (a @ all_a.T + b @ all_b.T) / 2
         targets = F.softmax(within / target_temperature, dim=-1)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    return share * (F.cross_entropy(logit_scale * a @ all_b.T, targets)
+                    + F.cross_entropy(logit_scale * b @ all_a.T, targets)) / 2
 
 
 def negative_binomial_log_prob(counts: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor,

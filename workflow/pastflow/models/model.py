@@ -29,12 +29,16 @@ from torch import nn
 
 from pastflow.errors import InputError
 from pastflow.models import losses as L
+from pastflow.models.distributed import row_gather
 from pastflow.models.expression import mlp
 from pastflow.models.registry import (build_expression_encoder, build_image_encoder,
                                       build_pathway_encoder)
 from pastflow.models.spatial import SpatialFusion
 
 log = logging.getLogger(__name__)
+
+# Loss parts that compare each cell with the others of the (global) batch.
+CONTRASTIVE_PARTS = frozenset({"clip", "soft_clip", "pathway_clip"})
 
 
 class ProjectionHead(nn.Module):
@@ -187,15 +191,28 @@ class PastModel(nn.Module):
         proportions = torch.softmax(values, dim=-1)
         return proportions if library_size is None else proportions * library_size.unsqueeze(-1)
 
-    def compute_loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(total, parts)``: the weighted sum of the losses with weight > 0, and each part."""
+    def compute_loss(self, out: dict, batch: dict, *, across_ranks: bool = False
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, parts)``: the weighted sum of the losses with weight > 0, and each part.
+
+        ``across_ranks`` (training, every rank in step): in a process group of several ranks
+        the contrastive parts compare this rank's cells with the whole global batch
+        (:class:`~pastflow.models.distributed.RowGather`), and every part is this rank's term
+        of the global loss, a local mean times the rank's share of the batch (1 for equal
+        batches), so the mean over ranks, and DDP's averaged gradient, are those of one
+        process on the whole batch. Exactly so for per-cell means; a masked mean (over the
+        measured genes or pathways) is averaged per rank. Validation leaves it off: its ranks
+        score different numbers of batches.
+        """
         w, parts = self.weights, {}
+        gather = row_gather(len(out["image"]), out["image"].device) if across_ranks else None
         if w["clip"] > 0:
-            parts["clip"] = L.clip_loss(out["image"], out["expression"], out["logit_scale"])
+            parts["clip"] = L.clip_loss(out["image"], out["expression"], out["logit_scale"],
+                                        gather)
         if w["soft_clip"] > 0:
             parts["soft_clip"] = L.soft_clip_loss(
                 out["image"], out["expression"], out["logit_scale"],
-                float(self.config["soft_target_temperature"]))
+                float(self.config["soft_target_temperature"]), gather)
         if w["reconstruction"] > 0:
             mask = batch.get("gene_mask")
             if self.likelihood == "mse":
@@ -214,7 +231,10 @@ class PastModel(nn.Module):
                 self.config["pathway_head"]["kind"])
         if w["pathway_clip"] > 0:
             parts["pathway_clip"] = L.clip_loss(out["image"], out["pathway"],
-                                                out["pathway_logit_scale"])
+                                                out["pathway_logit_scale"], gather)
+        if gather is not None and gather.share != 1:
+            for name in set(parts) - CONTRASTIVE_PARTS:  # contrastive ones carry the share
+                parts[name] = parts[name] * gather.share
         return L.weighted_total(parts, w), parts
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

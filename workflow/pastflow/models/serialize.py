@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 TensorDict = dict[str, torch.Tensor]
+CUDA_RNG = "rng.cuda"  # the state of the GPU of the process that saved it
 
 
 def optimizer_to_state(optimizer: torch.optim.Optimizer, prefix: str = "optimizer."
@@ -56,28 +57,32 @@ def scheduler_from_state(scheduler, state: dict) -> None:
     scheduler.load_state_dict(current)
 
 
-def rng_to_state() -> tuple[dict, TensorDict]:
-    """The python, numpy, torch (and CUDA) generator states -> ``(json, tensors)``."""
+def rng_to_state(device: torch.device | None = None) -> tuple[dict, TensorDict]:
+    """The python, numpy, torch (and ``device``'s CUDA) generator states -> ``(json, tensors)``.
+
+    Only ``device``'s own CUDA generator, never every visible GPU's: reading another GPU's
+    state opens a CUDA context on it (memory on a GPU another rank trains on), and a state
+    per visible GPU would not fit a node with another GPU count."""
     version, internal, gauss = random.getstate()
     kind, keys, position, has_gauss, cached = np.random.get_state()
     meta = {"python": [version, list(internal), gauss],
             "numpy": [kind, int(position), int(has_gauss), float(cached)]}
     tensors = {"rng.torch": torch.get_rng_state(),
                "rng.numpy_keys": torch.from_numpy(keys.astype(np.int64))}
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
+    if device is not None and torch.device(device).type == "cuda":
+        tensors[CUDA_RNG] = torch.cuda.get_rng_state(device)
     return meta, tensors
 
 
-def rng_from_state(meta: dict, tensors: TensorDict) -> None:
-    """Inverse of :func:`rng_to_state`: restore every generator."""
+def rng_from_state(meta: dict, tensors: TensorDict, device: torch.device | None = None) -> None:
+    """Inverse of :func:`rng_to_state`: restore every generator, the CUDA one onto
+    ``device`` (when both it and the saved state are CUDA's; a CPU run's state resumed on a
+    GPU leaves the GPU's generator as seeded)."""
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, position, has_gauss, cached = meta["numpy"]
     keys = tensors["rng.numpy_keys"].numpy().astype(np.uint32)
     np.random.set_state((kind, keys, position, has_gauss, cached))
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    if CUDA_RNG in tensors and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(tensors[CUDA_RNG], device)

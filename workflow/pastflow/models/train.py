@@ -4,12 +4,24 @@
   cosine decay, gradient clipping; bf16 autocast on CUDA, fp32 on CPU.
 - DistributedDataParallel when launched by torchrun (``WORLD_SIZE > 1``): NCCL on GPUs,
   gloo on CPUs; a :class:`~pastflow.models.data.ResumableBatchSampler` per rank (a batch
-  holds one crop size: cells, or spots of one diameter). ``train.batch_size``
-  is per process, and contrastive negatives are the process's own batch.
-- A checkpoint every ``train.checkpoint_every`` steps, at the end, and on SIGTERM or SIGUSR1
-  (Slurm's pre-emption and time-limit signals): the handler only sets a flag; the loop
+  holds one crop size: cells, or spots of one diameter).
+- The learning-rate rule: ``train.batch_size`` is the global batch (cells per optimiser step,
+  all processes together; each of ``W`` processes takes its ``1/W`` slice of the batch one
+  process would take), and ``train.lr`` is the peak learning rate of that batch, used
+  unchanged whatever ``W``. The contrastive losses gather the ranks' embeddings (each cell
+  meets the whole batch's negatives), BatchNorm is synchronised on GPUs, and DDP averages the
+  ranks' gradients of their shares of the loss: a config trains the same model on any number
+  of GPUs, and resumes on another number. To train with a bigger batch on more GPUs, raise
+  ``train.batch_size`` and choose ``train.lr`` for it (for AdamW, about sqrt of the batch
+  ratio is the usual starting point).
+- A checkpoint every ``train.checkpoint_every`` steps, at the end, and on SIGTERM, SIGUSR1
+  or SIGURG (:data:`STOP_SIGNALS`: Slurm's pre-emption and time-limit signals, and the
+  early warning the Slurm profile asks for): the handler only sets a flag; the loop
   finishes the current step, saves, and :func:`pretrain` returns with ``preempted=True``
-  (the CLI then exits with :data:`EXIT_PREEMPTED`).
+  (the CLI then exits with :data:`EXIT_PREEMPTED`; under torchrun,
+  :mod:`pastflow.launch` keeps that status, which torchrun would turn into 1).
+- The device: ``train.device`` (:mod:`pastflow.models.device`); each rank saves and
+  restores the RNG state of its own GPU only.
 - Run again with the same output directory, it resumes from the newest checkpoint exactly:
   model, optimizer, scheduler, step, every rank's RNG states, the sampler's position in the
   epoch. Augmentations are seeded by (seed, epoch, cell), so the resumed run's final weights
@@ -46,10 +58,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pastflow.atomic import atomic_path
 from pastflow.errors import InputError
+# EXIT_PREEMPTED (75): stopped by a signal, the checkpoint to resume from saved; defined
+# beside the torchrun wrapper that keeps it.
+from pastflow.launch import EXIT_PREEMPTED  # noqa: F401 (re-exported)
 from pastflow.models import checkpoint as ckpt
 from pastflow.models.curves import plot_training_curves
 from pastflow.models.data import ResumableBatchSampler, dataset_from_config, make_loader
-from pastflow.models.distributed import DistContext, init_distributed, shutdown_distributed
+from pastflow.models.distributed import (DistContext, init_distributed, mean_over_ranks,
+                                         shutdown_distributed)
 from pastflow.models.model import PastModel
 from pastflow.models.provenance import describe_change, training_data
 from pastflow.models.validation import (VAL_PREFIX, stale_checkpoints, validation_loss,
@@ -62,8 +78,11 @@ from pastflow.resolution import check_resolution, training_resolution
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; the checkpoint to resume from is saved
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGURG: the Slurm profile's warning before the time limit (`--signal=URG@...`). Slurm sends
+# it to every process of the job step; only this handler acts on it, as every other process
+# (Snakemake, its shell, torchrun, loader workers) ignores SIGURG by default, while SIGUSR1
+# would kill Snakemake's job process first.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
 
 
 @dataclass
@@ -81,7 +100,8 @@ class TrainResult:
 
 
 class StopRequest:
-    """Context manager: while active, SIGTERM/SIGUSR1 set ``requested`` instead of killing."""
+    """Context manager: while active, :data:`STOP_SIGNALS` set ``requested`` instead of
+    killing."""
 
     def __init__(self, signals=STOP_SIGNALS):
         self.signals, self.requested, self._previous = signals, False, {}
@@ -147,8 +167,9 @@ class _Run:
         self.val_columns: list[str] = []
 
     def save(self, root: Path) -> None:
-        # Every rank's RNG state travels to rank 0, so that each rank resumes its own stream.
-        rng = self.context.gather(rng_to_state())
+        # Every rank's RNG state (its own GPU's only) travels to rank 0, so that each rank
+        # resumes its own stream.
+        rng = self.context.gather(rng_to_state(self.context.device))
         if not self.context.is_main:
             return
         optimizer_meta, tensors = optimizer_to_state(self.optimizer)
@@ -186,7 +207,8 @@ class _Run:
         if training["world_size"] == self.context.world_size:
             prefix = f"rank{rank}."
             rng_from_state(training["rng"][rank], {k[len(prefix):]: v for k, v in tensors.items()
-                                                   if k.startswith(prefix)})
+                                                   if k.startswith(prefix)},
+                           self.context.device)
         else:
             log.warning("checkpoint of %d processes resumed on %d: random streams restart from "
                         "the seed (the run continues, not bit-for-bit)", training["world_size"],
@@ -309,7 +331,9 @@ def pretrain(config: dict, samples: Sequence[tuple[str | Path, str | Path]],
     """
     out_dir = Path(out_dir)
     root = out_dir / "checkpoints"
-    context = init_distributed()
+    # The device before anything else: a GPU job without CUDA fails in seconds.
+    device = resolve_pretrain_config(config)["train"]["device"]
+    context = init_distributed(device, setting="pretrain.train.device")
     try:
         return _pretrain(config, samples, validation, out_dir, root, context, progress)
     finally:
@@ -354,6 +378,10 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
     torch.manual_seed(int(config["seed"]))
     # When resuming, the checkpoint holds every tensor: no need to read local foundation weights.
     model = PastModel(model_config, load_pretrained=latest is None).to(context.device)
+    if context.distributed and context.device.type == "cuda":
+        # Batch statistics of the global batch, as on one GPU. (SyncBatchNorm is CUDA-only:
+        # CPU ranks keep their own, so a BatchNorm encoder differs slightly there.)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     seed_everything(int(config["seed"]) + context.rank)
     optimizer = torch.optim.AdamW(parameter_groups(model, float(train["weight_decay"])),
                                   lr=float(train["lr"]))
@@ -369,9 +397,18 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
     batch_size, steps = int(train["batch_size"]), int(train["steps"])
     sampler = ResumableBatchSampler(dataset.groups(), batch_size, context.world_size,
                                     context.rank, int(config["seed"]))
+    if batch_size < context.world_size:
+        raise InputError(None, f"config key 'pretrain.train.batch_size': {batch_size} cells "
+                               f"per step cannot be split over {context.world_size} processes "
+                               "(it is the global batch: at least one cell each)")
     if sampler.batches_per_epoch == 0:
         raise InputError(tables[0], f"{len(dataset)} cells over {context.world_size} processes "
                                     f"make no full batch of {batch_size}")
+    if context.is_main:
+        log.info("global batch %d cells per step (%s); peak lr %g for it (train.lr, the same "
+                 "on any number of processes)", batch_size,
+                 f"{context.world_size} processes of ~{batch_size // context.world_size}"
+                 if context.distributed else "1 process", float(train["lr"]))
     autocast = torch.autocast(context.device.type, dtype=torch.bfloat16,
                               enabled=context.device.type == "cuda")
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -452,14 +489,17 @@ def _train_step(network, model: PastModel, batch: dict, optimizer, scheduler, au
     model.train()
     with autocast:
         outputs = network(batch)  # through the DDP wrapper, which syncs the gradients
-    total, parts = model.compute_loss(outputs, batch)  # fp32: outputs are cast in forward
+    # fp32: outputs are cast in forward. Across ranks: each cell meets the global batch.
+    total, parts = model.compute_loss(outputs, batch, across_ranks=True)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
     optimizer.step()
     scheduler.step()
-    return total.detach(), {k: v.detach() for k, v in parts.items()}, outputs
+    # Recorded: the global batch's loss (each rank computed its term of it).
+    values = mean_over_ranks(torch.stack([total.detach(), *(v.detach() for v in parts.values())]))
+    return values[0], dict(zip(parts, values[1:])), outputs
 
 
 def _write_outputs(out_dir: Path, model: PastModel, config: dict, step: int,

@@ -3,10 +3,11 @@
     pastflow pretrain --settings config.yaml --stores a.h5 b.h5 --tables a.h5ad b.h5ad --out DIR
         [--val-stores c.h5 --val-tables c.h5ad]
 
-Several processes (GPUs): ``torchrun --nproc-per-node=N -m pastflow pretrain ...``.
+Several processes (GPUs): ``python -m pastflow.launch --nproc-per-node=N pretrain ...``
+(torchrun, keeping the exit status below).
 Exit status 0 when done; :data:`pastflow.models.train.EXIT_PREEMPTED` (75) when stopped by
-SIGTERM/SIGUSR1 after saving a checkpoint (run the same command again to resume); 2 on bad
-input.
+SIGTERM/SIGUSR1/SIGURG after saving a checkpoint (run the same command again to resume); 2
+on bad input (a job given GPUs that finds no CUDA included).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> None:
     from pastflow.errors import InputError
+    from pastflow.launch import mark_preempted
     from pastflow.models.train import EXIT_PREEMPTED, pretrain
     from pastflow.pretrain.settings import PretrainSettings
     from pastflow.settings import load_section
@@ -51,4 +53,5 @@ def run(args) -> None:
                       validation=list(zip(args.val_stores, args.val_tables)),
                       progress=not args.no_progress)
     if result.preempted:
+        mark_preempted()  # for pastflow.launch: torchrun hides this exit status
         sys.exit(EXIT_PREEMPTED)

@@ -163,9 +163,14 @@ class TrainSettings(Settings):
     """Optimiser, schedule, batches and checkpoints."""
 
     steps: int = setting(1000, "optimiser steps", minimum=1)
-    batch_size: int = setting(64, "cells per batch and process (contrastive losses need >= 2)",
-                              minimum=2)
-    lr: float = setting(3e-4, "peak learning rate (AdamW)", exclusive_minimum=0, maximum=1)
+    # The global batch, and the lr for it, whatever the number of processes: a config trains
+    # the same model on 1 or N GPUs (the rule is in pastflow/models/train.py's docstring).
+    batch_size: int = setting(64, "cells per optimiser step, all processes together (each of "
+                                  "N GPUs takes batch_size / N); contrastive losses compare "
+                                  "every cell with the whole batch (need >= 2)", minimum=2)
+    lr: float = setting(3e-4, "peak learning rate (AdamW) of the global batch, unchanged by "
+                              "the number of processes; choose it again when changing "
+                              "batch_size", exclusive_minimum=0, maximum=1)
     weight_decay: float = setting(0.05, "AdamW weight decay", minimum=0)
     warmup_steps: int = setting(50, "linear warm-up steps", minimum=0)
     min_lr_ratio: float = setting(0.01, "cosine decays to lr x this", minimum=0, maximum=1)
@@ -174,6 +179,10 @@ class TrainSettings(Settings):
     keep_checkpoints: int = setting(2, "newest checkpoints kept", minimum=1)
     num_workers: int = setting(2, "data loader worker processes", minimum=0)
     log_every: int = setting(10, "steps between log lines", minimum=1)
+    device: str = setting("auto", "auto: CUDA when torch sees a GPU, else the CPU, but a job "
+                                  "given GPUs that finds no CUDA fails (a CPU-only torch); "
+                                  "cuda: fail without one; cpu: the CPU even with GPUs",
+                          choices=("auto", "cuda", "cpu"))
     # Validation (the sheet's `val` samples, never trained on) runs at every regular
     # checkpoint; the model written is the checkpoint of the lowest validation loss.
     early_stopping_patience: int | None = setting(
