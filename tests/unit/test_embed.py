@@ -175,13 +175,19 @@ def test_he_only_sample_gets_image_embeddings_only(trained, cohort, tmp_path):
     assert ad.read_h5ad(out).obs["sample"].iloc[0] == "s1"  # named after the store
 
 
-def test_spatial_model_embeds_with_the_training_neighbours(trained, cohort, tmp_path):
+def spatial_model(trained):
+    """A random-weight model with spatial context (k = 3) over the trained model's genes,
+    pathways and patch size: ``(config, model)``."""
     config = load_checkpoint(trained / "model").config
     spatial = resolve_pretrain_config({**TINY, "model": {**TINY["model"],
                                                           "spatial": {"k": 3, "heads": 2}}})
     spatial["model"].update(genes=config["model"]["genes"], pathways=config["model"]["pathways"],
                             image_px=config["model"]["image_px"])
-    model = random_model(spatial, seed=4)
+    return spatial, random_model(spatial, seed=4)
+
+
+def test_spatial_model_embeds_with_the_training_neighbours(trained, cohort, tmp_path):
+    spatial, model = spatial_model(trained)
     save_checkpoint(tmp_path / "spatial", model, spatial, step=0)
     table = embed_sample(tmp_path / "spatial", cohort[0].store, tmp_path / "s.h5ad",
                          EmbedSettings(), table_path=cohort[0].table, progress=False)
@@ -202,12 +208,7 @@ def test_shards_over_several_devices_and_loader_workers_change_nothing(trained, 
     from pastflow.embed.encode import embed_images
     from pastflow.patches.reader import PatchStore
 
-    config = load_checkpoint(trained / "model").config
-    spatial = resolve_pretrain_config({**TINY, "model": {**TINY["model"],
-                                                          "spatial": {"k": 3, "heads": 2}}})
-    spatial["model"].update(genes=config["model"]["genes"], pathways=config["model"]["pathways"],
-                            image_px=config["model"]["image_px"])
-    model = random_model(spatial, seed=4)
+    spatial, model = spatial_model(trained)
     store = PatchStore(cohort[0].store)
     rows = np.random.default_rng(0).permutation(len(store))[:30]  # any order is kept
     kwargs = dict(mean=spatial["data"]["mean"], std=spatial["data"]["std"], batch_size=4,
