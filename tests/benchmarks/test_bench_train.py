@@ -63,8 +63,6 @@ def bench_config() -> dict:
     if "PASTFLOW_BENCH_BATCH" in os.environ:
         train["batch_size"] = int(os.environ["PASTFLOW_BENCH_BATCH"])
     train.update(checkpoint_every=10_000, keep_checkpoints=1, log_every=10_000, warmup_steps=1)
-    if ON_GPU:
-        train["num_workers"] = max(int(train.get("num_workers", 0)), 4)
     return config
 
 
@@ -198,13 +196,14 @@ def flops_per_step(config: dict, store: Path, table: Path, device: torch.device)
     """FLOPs of one full pastflow training step's forward + backward (one batch)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from pastflow.models.augment import prepare_images
     from pastflow.models.data import dataset_from_config
     from pastflow.models.model import PastModel
 
     dataset = dataset_from_config(config, [str(store)], [str(table)])
     batch_size = int(config["train"]["batch_size"])
-    items = [dataset[i] for i in range(batch_size)]
-    batch = {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
+    batch = {k: v.to(device) for k, v in dataset.batch(range(batch_size)).items()}
+    batch = prepare_images(batch, dataset.augmentation, dataset.mean, dataset.std)
     model = PastModel(config["model"]).to(device).train()
     with FlopCounterMode(display=False) as counter:
         total, _ = model.loss(batch)

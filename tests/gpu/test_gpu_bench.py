@@ -87,8 +87,13 @@ def training_batch(batch: int, device: torch.device) -> dict:
     generator = torch.Generator(device).manual_seed(0)
     counts = torch.poisson(torch.full((batch, N_GENES), 2.0, device=device),
                            generator=generator)
-    return {"patch": torch.randn(batch, 3, IMAGE_PX, IMAGE_PX, device=device,
-                                 generator=generator),
+    from pastflow.models.augment import Augmentation, draw_parameters
+
+    draws = np.stack([draw_parameters(Augmentation(), np.random.default_rng(i))
+                      for i in range(batch)])
+    return {"patch": torch.randint(0, 256, (batch, 3, IMAGE_PX, IMAGE_PX), device=device,
+                                   dtype=torch.uint8, generator=generator),
+            "augment": torch.from_numpy(draws).to(device),
             "expression": torch.log1p(counts), "counts": counts,
             "gene_mask": torch.ones(batch, N_GENES, dtype=torch.bool, device=device),
             "library_size": counts.sum(1),
@@ -110,6 +115,7 @@ def timed(step, steps: int) -> float:
 
 def pastflow_train_step(config: dict, batch: int, device: torch.device):
     """A closure running one :func:`_train_step` of the full model, as the loop calls it."""
+    from pastflow.models.augment import Augmentation, prepare_images
     from pastflow.models.model import PastModel
     from pastflow.models.train import _train_step, cosine_schedule, parameter_groups
 
@@ -124,9 +130,15 @@ def pastflow_train_step(config: dict, batch: int, device: torch.device):
     trainable = [p for p in model.parameters() if p.requires_grad]
     data = training_batch(batch, device)
 
+    augmentation = Augmentation(**config["data"]["augment"])
+    mean, std = config["data"]["mean"], config["data"]["std"]  # resolved: the encoder's
+
     def step():
-        total, _, _ = _train_step(model, model, data, optimizer, scheduler, autocast, trainable,
-                                  float(train["grad_clip"]), device)
+        # As the loop: the batch's stain jitter, flips and normalisation on the GPU, then
+        # the step.
+        images = prepare_images(data, augmentation, mean, std)
+        total, _, _ = _train_step(model, model, images, optimizer, scheduler, autocast,
+                                  trainable, float(train["grad_clip"]))
         total.item()  # the loop records the loss every step
 
     return step, model

@@ -27,6 +27,7 @@ from pastflow.embed.settings import EmbedSettings
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint, save_checkpoint
 from pastflow.pretrain.settings import resolve_pretrain_config
+from pastflow.models.augment import prepare_images
 from pastflow.models.data import CellDataset
 from pastflow.models.train import pretrain
 from test_models_fixtures import MPP, PATCH_PX
@@ -95,7 +96,8 @@ def training_items(model, samples, k: int = 0):
                           genes=config["genes"], pathways=[], augmentation=None, k_neighbors=k,
                           patch_px=config["image_px"])
     ids = [cid for s in samples for cid in s.cell_ids]
-    return {cid: dataset[i] for i, cid in enumerate(ids)}
+    batch = prepare_images(dataset.batch(range(len(ids))), None, dataset.mean, dataset.std)
+    return {cid: {key: value[i] for key, value in batch.items()} for i, cid in enumerate(ids)}
 
 
 def test_image_and_expression_embeddings_equal_the_models_on_training_tensors(

@@ -18,3 +18,22 @@ def test_slurm_cpus_bound_the_workers_and_the_affinity_bounds_slurm(monkeypatch)
     assert job_cpus() == 16 and loader_workers(1) == 8  # at most 8 per device
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert job_cpus() == 1 and loader_workers() == 0  # one CPU: read in the main process
+
+
+def test_default_workers_feed_gpus_and_leave_the_cpu_to_the_model(monkeypatch):
+    from pastflow.job_cpus import default_loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "9")
+    assert default_loader_workers("cuda", 1) == 8 and default_loader_workers("cuda", 4) == 2
+    assert default_loader_workers("cpu", 1) == 0
+
+
+def test_pretraining_takes_the_workers_of_its_processes_on_this_node(monkeypatch):
+    """Each of torchrun's processes on a node gets its share of the node's CPUs."""
+    from pastflow.models.distributed import local_processes
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert local_processes() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert local_processes() == 4

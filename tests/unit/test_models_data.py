@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import default_collate
 
 from pastflow.errors import InputError
-from pastflow.models.augment import Augmentation, augment_patch, normalize_patch
+from pastflow.models.augment import (Augmentation, augment, draw_parameters, hed_jitter,
+                                     normalize, prepare_images)
 from pastflow.models.data import (CellDataset, ResumableBatchSampler, make_loader,
                                   nearest_neighbors, read_qc_table, select_cohort_genes)
 from pastflow.models.pathways import read_gmt, default_gmt_path, score_pathways
@@ -45,9 +46,11 @@ def test_items_join_patch_expression_counts_and_pathways_by_cell_id(cohort, data
     item = dataset[36 + row]
     cell = table.obs["cell_id"].iloc[row]
     assert item["sample"].item() == 1 and item["index"].item() == 46
-    # Patch: the store's crop of this cell, normalised.
-    raw = store.read(store.index_of([cell]))[0].astype(np.float32) / 255
-    np.testing.assert_allclose(item["patch"].numpy(), (raw - 0.5) / 0.25, atol=1e-6)
+    # Patch: the store's crop of this cell, as stored; normalised on the batch's device.
+    raw = store.read(store.index_of([cell]))[0]
+    assert item["patch"].dtype == torch.uint8 and np.array_equal(item["patch"].numpy(), raw)
+    model_input = prepare_images(dataset.batch([46]), None, MEAN, STD)["patch"][0]
+    np.testing.assert_allclose(model_input.numpy(), (raw / 255.0 - 0.5) / 0.25, atol=1e-6)
     # Expression and counts in cohort gene order; genes the sample lacks are 0 and masked.
     for j, gene in enumerate(dataset.genes):
         if gene in table.var_names:
@@ -91,30 +94,77 @@ def test_nearest_neighbors_by_hand():
 
 
 def test_augmentation_is_seeded_per_cell_and_epoch(cohort):
+    augmentation = Augmentation(hed_sigma=0.05, brightness=0.1)
     augmented = CellDataset([cohort[0].store], [cohort[0].table], seed=3,
-                            augmentation=Augmentation(hed_sigma=0.05, brightness=0.1))
-    first, again = augmented[4]["patch"], augmented[4]["patch"]
-    assert torch.equal(first, again)
+                            augmentation=augmentation)
+
+    def image(batch, position):
+        return prepare_images(batch, augmentation, MEAN, STD)["patch"][position]
+
+    alone = image(augmented.batch([4]), 0)
+    # The same cell inside another batch, in another place: the same augmented image.
+    assert torch.equal(alone, image(augmented.batch([9, 4, 17]), 1))
+    assert torch.equal(augmented[4]["augment"], augmented.batch([9, 4])["augment"][1])
+    assert not torch.equal(alone, image(augmented.batch([9]), 0))
     augmented.set_epoch(1)
-    assert not torch.equal(first, augmented[4]["patch"])
+    assert not torch.equal(alone, image(augmented.batch([4]), 0))
+    assert torch.equal(alone, image(augmented.batch([4], epoch=0), 0))
+
+
+def _dihedral_reference(rgb: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """What a patch's flips and turns are, per patch in numpy (HWC)."""
+    if row[8]:
+        rgb = rgb[:, ::-1]
+    if row[9]:
+        rgb = rgb[::-1]
+    return np.rot90(rgb, k=int(row[10]))
+
+
+def test_batch_augmentation_equals_per_patch_reference():
+    """The batch operations (stain jitter with scikit-image's stain matrices, brightness,
+    contrast, flips, turns) give, patch by patch, what the per-patch definitions give."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (16, 3, 8, 8), dtype=np.uint8)
+    every = Augmentation(hed_sigma=0.2, brightness=0.1, contrast=0.2)
+    rows = np.stack([draw_parameters(every, np.random.default_rng(i)) for i in range(16)])
+    images = torch.from_numpy(patches).float() / 255
+    out = augment(images, torch.from_numpy(rows), every).numpy()
+    for k in range(16):
+        rgb = patches[k].transpose(1, 2, 0) / 255.0
+        stains = rgb2hed(rgb) * rows[k, 0:3] + rows[k, 3:6]
+        rgb = np.clip(hed2rgb(stains), 0, 1) + rows[k, 6]
+        rgb = (rgb - rgb.mean()) * rows[k, 7] + rgb.mean()
+        expected = np.clip(_dihedral_reference(rgb, rows[k]), 0, 1).transpose(2, 0, 1)
+        np.testing.assert_allclose(out[k], expected, atol=2e-5)
+    assert len({tuple(r[8:]) for r in rows}) > 4  # several dihedral transforms were drawn
 
 
 def test_geometric_augmentation_moves_pixels_and_stain_jitter_changes_colour():
     rng = np.random.default_rng(0)
-    patch = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)
-    plain = augment_patch(patch, rng, None)
-    np.testing.assert_allclose(plain, patch / 255.0, atol=1e-7)
+    patches = torch.from_numpy(rng.integers(0, 256, (12, 3, 8, 8), dtype=np.uint8))
+    plain = patches.float() / 255
     geometric = Augmentation(hed_sigma=0.0)
-    seen = set()
-    for seed in range(12):
-        out = augment_patch(patch, np.random.default_rng(seed), geometric)
-        # A flip or rotation only moves pixels: same multiset of RGB triples.
-        assert sorted(map(tuple, out.reshape(3, -1).T.round(6))) == sorted(map(tuple, plain.reshape(3, -1).T.round(6)))
-        seen.add(out.tobytes())
-    assert len(seen) > 4  # several of the 8 dihedral transforms were drawn
-    stained = augment_patch(patch, np.random.default_rng(1), Augmentation(hed_sigma=0.2, flips=False, rot90=False))
-    assert 0 <= stained.min() and stained.max() <= 1 and np.abs(stained - plain).mean() > 0.005
-    np.testing.assert_allclose(normalize_patch(plain, MEAN, STD), (plain - 0.5) / 0.25, atol=1e-6)
+    rows = torch.from_numpy(np.stack([draw_parameters(geometric, np.random.default_rng(seed))
+                                      for seed in range(12)]))
+    out = augment(plain, rows, geometric)
+    for k in range(12):  # a flip or rotation only moves pixels: same multiset of RGB triples
+        assert (sorted(map(tuple, out[k].reshape(3, -1).T.tolist()))
+                == sorted(map(tuple, plain[k].reshape(3, -1).T.tolist())))
+    assert len({out[k].numpy().tobytes() for k in range(12)}) > 4
+    stain_only = Augmentation(hed_sigma=0.2, flips=False, rot90=False)
+    rows = torch.from_numpy(draw_parameters(stain_only, np.random.default_rng(1))[None])
+    stained = augment(plain[:1], rows, stain_only)
+    assert 0 <= stained.min() and stained.max() <= 1
+    assert (stained - plain[:1]).abs().mean() > 0.005
+    # The identity draws (scale 1, shift 0) keep H&E colours (pink, purple) within a grey
+    # level or two (the round trip clips negative stain densities, as scikit-image does).
+    he = torch.tensor([[0.91, 0.63, 0.77], [0.31, 0.18, 0.51]]).T.reshape(1, 3, 1, 2)
+    torch.testing.assert_close(hed_jitter(he, torch.ones(1, 3), torch.zeros(1, 3)), he,
+                               atol=0.01, rtol=0)
+    np.testing.assert_allclose(normalize(patches, MEAN, STD).numpy(),
+                               (patches.numpy() / 255.0 - 0.5) / 0.25, atol=1e-6)
 
 
 def test_loader_with_two_workers_streams_the_same_batches(dataset):
@@ -127,6 +177,27 @@ def test_loader_with_two_workers_streams_the_same_batches(dataset):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert serial[0]["patch"].shape == (8, 3, PATCH_PX, PATCH_PX)
     assert serial[0]["neighbor_patches"].shape == (8, 3, 3, PATCH_PX, PATCH_PX)
+    # Each batch is the dataset's items, collated.
+    first = [dataset[i] for i in serial[0]["index"].tolist()]
+    assert all(torch.equal(serial[0][k], torch.stack([item[k] for item in first]))
+               for k in serial[0])
+
+
+def test_persistent_workers_see_each_epochs_augmentation(cohort):
+    augmented = CellDataset([s.store for s in cohort], [s.table for s in cohort], seed=2,
+                            k_neighbors=2, augmentation=Augmentation(brightness=0.1))
+    sampler = ResumableBatchSampler(augmented.groups(), 8, seed=1)
+    loader = make_loader(augmented, sampler, num_workers=2, seed=0)
+    epochs = []
+    for epoch in (0, 1):
+        sampler.set_position(epoch=epoch, batches_done=0)  # the dataset's own epoch stays 0
+        epochs.append(list(loader))
+    for epoch, batches in enumerate(epochs):
+        for batch in batches[:2]:
+            expected = augmented.batch(batch["index"].tolist(), epoch)
+            assert torch.equal(batch["augment"], expected["augment"])
+            assert torch.equal(batch["neighbor_augment"], expected["neighbor_augment"])
+    assert batch["neighbor_augment"].shape == (8, 2, batch["augment"].shape[1])
 
 
 def test_resumable_sampler_skips_done_batches_and_splits_ranks(dataset):

@@ -358,3 +358,32 @@ def test_cli_reads_the_pretrain_section_and_reports_bad_input(cohort, tmp_path, 
     assert "give one QC table per patch store" in capsys.readouterr().err
     assert cli_main(cli_args(cohort, tmp_path / "absent.yaml", tmp_path / "out")) == 2
     assert "absent.yaml: settings file not found" in capsys.readouterr().err
+
+
+def test_compiled_forward_trains_the_same_model_and_checkpoints_its_own_names(
+        uninterrupted, cohort, tmp_path, monkeypatch):
+    """``train.compile``: the forward pass goes through torch.compile (TorchDynamo's graph
+    capture, with the ``aot_eager`` backend here: the C++ code generation of the default
+    backend is torch's and takes minutes on 2 cores). The first steps' losses are those of
+    the plain run, and the checkpoint keeps the model's own parameter names."""
+    import functools
+
+    compiled = []
+
+    def compile_for_test(module, **kwargs):
+        compiled.append(type(module).__name__)
+        return real_compile(module, backend="aot_eager", **kwargs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.wraps(real_compile)(compile_for_test))
+    config = json.loads(json.dumps(CONFIG))
+    config["train"].update(steps=3, compile=True)
+    run = pretrain_in_one_thread(config, samples_of(cohort), tmp_path / "compiled",
+                                 progress=False)
+    assert compiled == ["PastModel"]
+    plain = pd.read_csv(uninterrupted.out_dir / "metrics.tsv", sep="\t").head(3)
+    ours = pd.read_csv(run.out_dir / "metrics.tsv", sep="\t")
+    # Within the 4 warm-up steps the learning rate does not depend on the step count.
+    assert ours["loss"].tolist() == pytest.approx(plain["loss"].tolist(), rel=1e-4)
+    saved = load_file(run.out_dir / "model" / "model.safetensors")
+    assert set(saved) == set(load_file(uninterrupted.out_dir / "model" / "model.safetensors"))

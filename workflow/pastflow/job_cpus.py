@@ -28,3 +28,10 @@ def loader_workers(devices: int = 1, most: int = 8) -> int:
     drives the devices), shared by ``devices``, at most ``most`` each (reading patches from a
     memory-mapped store is cheap: a few workers feed one GPU)."""
     return max(0, min(most, (job_cpus() - 1) // max(1, devices)))
+
+
+def default_loader_workers(device_type: str, devices: int = 1) -> int:
+    """Workers per device when a config leaves them to pastflow (``num_workers: null``): on
+    GPUs, :func:`loader_workers` (the GPU waits for data otherwise); on the CPU none, since
+    the model needs every core there and reading patches is a small part of the time."""
+    return loader_workers(devices) if device_type == "cuda" else 0

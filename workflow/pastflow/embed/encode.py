@@ -13,9 +13,8 @@ import contextlib
 import copy
 import logging
 import threading
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,8 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pastflow.errors import InputError
-from pastflow.job_cpus import loader_workers
+from pastflow.job_cpus import default_loader_workers
+from pastflow.models.augment import prepare_images
 from pastflow.models.data import gene_selection_matrix, nearest_neighbors
+from pastflow.models.device import on_device
 from pastflow.models.model import PastModel
 from pastflow.patches.reader import PatchStore
 from pastflow.resolution import crop_px
@@ -102,38 +103,6 @@ def embed_devices(device: str | torch.device) -> list[torch.device]:
     return [device]
 
 
-def on_device(batches: Iterable[dict], device: torch.device,
-              ahead: int = 2) -> Iterator[dict[str, torch.Tensor]]:
-    """``batches`` (dicts of tensors) moved to ``device``, in order.
-
-    On CUDA each batch is copied on a side stream while the GPU still computes the ones
-    before it (a copy on the compute stream would wait for them: for 224 px uint8 patches,
-    about a tenth of a ViT-B/16 forward pass), and the caller runs at most ``ahead`` batches
-    ahead of the GPU, so that queued batches cannot pile up in its memory."""
-    if device.type != "cuda":
-        for batch in batches:
-            yield {key: value.to(device) for key, value in batch.items()}
-        return
-    compute, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
-    in_flight: deque[torch.cuda.Event] = deque()
-    for batch in batches:
-        with torch.cuda.stream(side):
-            moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-        compute.wait_stream(side)
-        for tensor in moved.values():
-            tensor.record_stream(compute)  # not reused before the compute stream is done
-        yield moved
-        in_flight.append(compute.record_event())
-        if len(in_flight) > ahead:
-            in_flight.popleft().synchronize()
-
-
-def _normalise(patches: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``uint8 (..., 3, s, s)`` -> ``float32``, ``(x / 255 - mean) / std``, as in training
-    (:func:`pastflow.models.augment.normalize_patch` without augmentation)."""
-    return patches.float().div_(255.0).sub_(mean).div_(std)
-
-
 def embed_images(model: PastModel, store: PatchStore, rows: np.ndarray, *, mean: Sequence[float],
                  std: Sequence[float], batch_size: int,
                  neighbor_radius_um: float | None = None,
@@ -166,7 +135,7 @@ def embed_images(model: PastModel, store: PatchStore, rows: np.ndarray, *, mean:
     # Neighbours among all rows, before sharding: a shard's edge cells keep theirs.
     neighbors = neighbor_rows(store, rows, k, neighbor_radius_um) if k else None
     if num_workers is None:
-        num_workers = loader_workers(len(devices)) if devices[0].type == "cuda" else 0
+        num_workers = default_loader_workers(devices[0].type, len(devices))
     shards = np.array_split(np.arange(len(rows)), len(devices))
     # Every loader's worker processes are forked here, in the calling thread, before any
     # device thread runs (a fork beside running threads can inherit a held lock).
@@ -197,8 +166,6 @@ def _embed_stream(model: PastModel, stream, n: int, device: torch.device,
     The current device, inference mode and autocast are per thread, so they are set here.
     Results stay on the device until the end: reading each batch back would wait for the GPU
     every batch."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     current = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with current, torch.inference_mode():
@@ -206,13 +173,10 @@ def _embed_stream(model: PastModel, stream, n: int, device: torch.device,
                           device=device)
         start = 0
         for batch in on_device(stream, device):
-            patches = _normalise(batch["patch"], mean_t, std_t)
-            neighbor_patches = neighbor_mask = None
-            if "neighbor_patches" in batch:
-                neighbor_patches = _normalise(batch["neighbor_patches"], mean_t, std_t)
-                neighbor_mask = batch["neighbor_mask"]
+            images = prepare_images(batch, None, mean, std)
             with autocast:
-                h = model.encode_image(patches, neighbor_patches, neighbor_mask)
+                h = model.encode_image(images["patch"], images.get("neighbor_patches"),
+                                       images.get("neighbor_mask"))
             out[start:start + len(h)] = h.float()
             start += len(h)
             advance(len(h))

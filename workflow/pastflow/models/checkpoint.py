@@ -43,7 +43,7 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # Keys that may change between a run and its resumption without changing the result.
 OPERATIONAL_KEYS = ("train.checkpoint_every", "train.keep_checkpoints", "train.num_workers",
-                    "train.log_every", "train.device")
+                    "train.log_every", "train.device", "train.channels_last", "train.compile")
 # Filled in from the data at run time; compared separately (the data must yield the same).
 DERIVED_KEYS = ("model.genes", "model.pathways", "model.image_px", "model.mpp", "model.patch_um")
 

@@ -3,9 +3,12 @@
 One sample = a patch store (``results/patches/{sample}.h5``, :class:`PatchStore`) + its QC
 table (``results/qc/{sample}.h5ad``: ``layers["counts"]`` raw, ``X`` log1p-normalised,
 ``var["highly_variable"]``, ``obs["cell_id"]``). :class:`CellDataset` keeps the cells found in
-both (and inside the slide) and serves, per cell, the tensors of a model batch (see
-:mod:`pastflow.models.model`) plus ``index`` (its position in the dataset), ``sample`` and
-``neighbors`` (the dataset indices of its k nearest cells in the same sample, -1 = none).
+both (and inside the slide) and serves, per cell or per batch (:meth:`CellDataset.batch`), the
+tensors of a model batch (see :mod:`pastflow.models.model`) plus ``index`` (its position in the
+dataset), ``sample`` and ``neighbors`` (the dataset indices of its k nearest cells in the same
+sample, -1 = none). Patches are served as stored (``uint8``) with their augmentation draws
+(``augment``, ``neighbor_augment``); :func:`pastflow.models.augment.prepare_images` augments
+and normalises them where the batch trains.
 
 Expression is over one cohort gene list (genes a sample did not measure are 0 and masked);
 pathway scores are computed per sample (z-scores are relative to the sample's own cells,
@@ -19,7 +22,7 @@ import random
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pastflow.errors import InputError
-from pastflow.models.augment import Augmentation, augment_patch, normalize_patch
+from pastflow.models.augment import Augmentation, draw_parameters
 from pastflow.models.pathways import GeneSet, default_gmt_path, read_gmt, score_pathways
 from pastflow.patches.reader import PatchStore
 from pastflow.resolution import crop_px
@@ -328,37 +331,89 @@ class CellDataset(Dataset):
             by_size.setdefault(size, []).append(np.arange(self.offsets[s], self.offsets[s + 1]))
         return [np.concatenate(parts) for _, parts in sorted(by_size.items())]
 
-    def _patch(self, sample: _Sample, size: int, row: int, rng: np.random.Generator) -> np.ndarray:
-        raw = sample.store.read([sample.store_rows[row]], size=size)[0]
-        return normalize_patch(augment_patch(raw, rng, self.augmentation), self.mean, self.std)
+    def _read(self, s: int, rows: np.ndarray) -> np.ndarray:
+        """``uint8 (len(rows), 3, c, c)``: sample ``s``'s cells ``rows``, one store read."""
+        sample = self._samples[s]
+        return sample.store.read(sample.store_rows[rows], size=self.crop_px[s])
+
+    def _draws(self, epoch: int, keys: list[tuple[int, ...]]) -> np.ndarray:
+        """``float32 (len(keys), N_PARAMETERS)``: the augmentation draws of each patch, from a
+        generator of its own (seed, epoch, cell index[, neighbour slot])."""
+        return np.stack([draw_parameters(self.augmentation,
+                                         np.random.default_rng((self.seed, epoch, *key)))
+                         for key in keys])
+
+    def batch(self, indices: Sequence[int], epoch: int | None = None) -> dict:
+        """Cells ``indices`` (one crop size; any samples) as one collated batch of tensors:
+        patches ``uint8`` (normalised and augmented on the device by
+        :func:`~pastflow.models.augment.prepare_images`), their augmentation draws of epoch
+        ``epoch`` (default: the dataset's, :meth:`set_epoch`) under ``augment``, and the
+        targets. Patches are read sample by sample, one store read each."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        located = np.array([self.locate(int(i)) for i in indices], np.int64).reshape(-1, 2)
+        sizes = {self.crop_px[s] for s in np.unique(located[:, 0])}
+        if len(sizes) > 1:
+            raise ValueError(f"one batch holds one crop size, got {sorted(sizes)}")
+        n, size = len(located), sizes.pop()
+        patches = np.empty((n, 3, size, size), np.uint8)
+        columns: dict[str, list] = {"expression": [], "counts": [], "gene_mask": [],
+                                    "library_size": [], "pathways": [], "pathway_mask": []}
+        order = np.empty(n, np.int64)  # batch position of each stacked row
+        neighbors = np.full((n, self.k_neighbors), -1, np.int64)
+        neighbor_patches = np.zeros((n, self.k_neighbors, 3, size, size), np.uint8)
+        filled = 0
+        for s in np.unique(located[:, 0]).tolist():
+            where = np.flatnonzero(located[:, 0] == s)
+            rows = located[where, 1]
+            sample = self._samples[s]
+            patches[where] = self._read(s, rows)
+            columns["expression"].append(sample.expression[rows].toarray())
+            columns["counts"].append(sample.counts[rows].toarray())
+            columns["gene_mask"].append(np.broadcast_to(sample.gene_mask, (len(rows),
+                                                                           len(self.genes))))
+            columns["library_size"].append(sample.library[rows])
+            columns["pathways"].append(sample.pathways[rows])
+            columns["pathway_mask"].append(np.broadcast_to(sample.pathway_mask,
+                                                           (len(rows), len(self.pathways))))
+            order[filled:filled + len(rows)] = where
+            filled += len(rows)
+            if self.k_neighbors:
+                ids = sample.neighbors[rows]
+                neighbors[where] = ids
+                present = ids >= 0
+                if present.any():
+                    read = self._read(s, ids[present] - self.offsets[s])
+                    block = neighbor_patches[where]
+                    block[present] = read
+                    neighbor_patches[where] = block
+        inverse = np.argsort(order)  # stacked rows back to batch order
+        batch = {"index": torch.as_tensor(np.asarray(indices, np.int64)),
+                 "sample": torch.from_numpy(located[:, 0].copy()),
+                 "patch": torch.from_numpy(patches)}
+        for key, parts in columns.items():
+            batch[key] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)[inverse]))
+        if self.augmentation is not None:
+            batch["augment"] = torch.from_numpy(
+                self._draws(epoch, [(int(i),) for i in indices]))
+        if self.k_neighbors:
+            batch["neighbors"] = torch.from_numpy(neighbors)
+            batch["neighbor_mask"] = torch.from_numpy(neighbors >= 0)
+            batch["neighbor_patches"] = torch.from_numpy(neighbor_patches)
+            if self.augmentation is not None:
+                keys = [(int(i), j + 1) for i in indices for j in range(self.k_neighbors)]
+                batch["neighbor_augment"] = torch.from_numpy(
+                    self._draws(epoch, keys).reshape(n, self.k_neighbors, -1))
+        return batch
+
+    def __getitems__(self, request) -> dict:
+        """The DataLoader's batch fetch: an :class:`EpochBatch` from :func:`make_loader`
+        (which carries the epoch into persistent workers), or plain indices."""
+        if isinstance(request, EpochBatch):
+            return self.batch(request.indices, request.epoch)
+        return self.batch(request)
 
     def __getitem__(self, index: int) -> dict:
-        s, row = self.locate(int(index))
-        sample = self._samples[s]
-        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
-        item = {
-            "index": torch.tensor(int(index)),
-            "sample": torch.tensor(s),
-            "patch": torch.from_numpy(self._patch(sample, self.crop_px[s], row, rng)),
-            "expression": torch.from_numpy(sample.expression[row].toarray().ravel()),
-            "gene_mask": torch.from_numpy(sample.gene_mask.copy()),
-            "counts": torch.from_numpy(sample.counts[row].toarray().ravel()),
-            "library_size": torch.tensor(sample.library[row]),
-            "pathways": torch.from_numpy(sample.pathways[row].copy()),
-            "pathway_mask": torch.from_numpy(sample.pathway_mask.copy()),
-        }
-        if self.k_neighbors:
-            neighbors = sample.neighbors[row]
-            size = self.crop_px[s]
-            patches = np.zeros((self.k_neighbors, 3, size, size), np.float32)
-            for j, neighbor in enumerate(neighbors):
-                if neighbor >= 0:
-                    n_rng = np.random.default_rng((self.seed, self.epoch, int(index), j + 1))
-                    patches[j] = self._patch(sample, size, int(neighbor - self.offsets[s]), n_rng)
-            item["neighbors"] = torch.from_numpy(neighbors.copy())
-            item["neighbor_mask"] = torch.from_numpy(neighbors >= 0)
-            item["neighbor_patches"] = torch.from_numpy(patches)
-        return item
+        return {key: value[0] for key, value in self.batch([int(index)]).items()}
 
 
 def dataset_from_config(config: dict, stores: Sequence, tables: Sequence) -> CellDataset:
@@ -428,9 +483,31 @@ class ResumableBatchSampler(Sampler):
         return self.batches_per_epoch - self.start
 
 
+class EpochBatch(NamedTuple):
+    """A batch request that carries its epoch: persistent workers keep their own copy of
+    the dataset, which :meth:`CellDataset.set_epoch` in the main process does not reach."""
+
+    epoch: int
+    indices: list[int]
+
+
+class _EpochBatches(Sampler):
+    """``batches``' index lists as :class:`EpochBatch` requests of its current epoch."""
+
+    def __init__(self, batches: ResumableBatchSampler):
+        self.batches = batches
+
+    def __iter__(self):
+        for indices in self.batches:
+            yield EpochBatch(self.batches.epoch, indices)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def init_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed numpy and random from the worker's torch seed
-    (torch seeds each worker ``base_seed + worker_id``), and ignore SIGTERM/SIGUSR1.
+    (torch seeds each worker ``base_seed + worker_id``), and ignore the stop signals.
 
     Slurm signals every process of a job; a worker killed by it would crash the main process
     before it could save. The main process handles the signal and shuts its workers down.
@@ -438,19 +515,30 @@ def init_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    for stop_signal in (signal.SIGTERM, signal.SIGUSR1):
+    for stop_signal in (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG):
         signal.signal(stop_signal, signal.SIG_IGN)
 
 
-def make_loader(dataset: CellDataset, batches: ResumableBatchSampler, num_workers: int,
-                seed: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader streaming the stores with ``num_workers`` processes, batch by batch.
+def _collated(batch: dict) -> dict:
+    """``collate_fn``: :meth:`CellDataset.batch` returns the batch already collated."""
+    return batch
 
-    The workers' base seed is drawn from a generator of its own, not from torch's global
-    one, so creating a loader does not shift the random stream of the training step.
+
+def make_loader(dataset: CellDataset, batches: ResumableBatchSampler, num_workers: int,
+                seed: int, pin_memory: bool = False, prefetch: int = 4) -> DataLoader:
+    """A DataLoader streaming the stores, batch by batch: each batch read whole (one store
+    read per sample) in one of ``num_workers`` processes (0 = this one).
+
+    Create it once per run: the workers persist across epochs, and each epoch iterates
+    ``batches`` again from where :meth:`ResumableBatchSampler.set_position` put it, with
+    that epoch's augmentation draws. Each worker reads ``prefetch`` batches ahead, into
+    pinned memory when ``pin_memory``. The workers' base seed is drawn from a generator of
+    its own, not from torch's global one, so creating a loader does not shift the random
+    stream of the training step (augmentation is drawn per cell, not from worker seeds).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                      worker_init_fn=init_worker, generator=generator,
-                      pin_memory=pin_memory, persistent_workers=False)
+    return DataLoader(dataset, batch_sampler=_EpochBatches(batches), num_workers=num_workers,
+                      collate_fn=_collated, worker_init_fn=init_worker, generator=generator,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      prefetch_factor=prefetch if num_workers > 0 else None)

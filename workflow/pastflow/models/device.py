@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
@@ -84,3 +85,29 @@ def no_cuda_reason() -> str:
         return f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
     return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU (driver "
             "missing or too old, or no device visible)")
+
+
+def on_device(batches: Iterable[dict], device: torch.device,
+              ahead: int = 2) -> Iterator[dict[str, torch.Tensor]]:
+    """``batches`` (dicts of tensors) moved to ``device``, in order.
+
+    On CUDA each batch is copied on a side stream while the GPU still computes the ones
+    before it (a copy on the compute stream would wait for them: for 224 px uint8 patches,
+    about a tenth of a ViT-B/16 forward pass), and the caller runs at most ``ahead`` batches
+    ahead of the GPU, so that queued batches cannot pile up in its memory."""
+    if device.type != "cuda":
+        for batch in batches:
+            yield {key: value.to(device) for key, value in batch.items()}
+        return
+    compute, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    in_flight: deque[torch.cuda.Event] = deque()
+    for batch in batches:
+        with torch.cuda.stream(side):
+            moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        compute.wait_stream(side)
+        for tensor in moved.values():
+            tensor.record_stream(compute)  # not reused before the compute stream is done
+        yield moved
+        in_flight.append(compute.record_event())
+        if len(in_flight) > ahead:
+            in_flight.popleft().synchronize()

@@ -83,6 +83,12 @@ def init_distributed(device: str = "auto", setting: str = "device") -> DistConte
     return DistContext(rank, world_size, local_rank, chosen)
 
 
+def local_processes() -> int:
+    """Processes of this job on this node (torchrun's ``LOCAL_WORLD_SIZE``; 1 without it):
+    they share the node's CPUs."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def shutdown_distributed(context: DistContext) -> None:
     if context.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -61,11 +61,14 @@ from pastflow.errors import InputError
 # EXIT_PREEMPTED (75): stopped by a signal, the checkpoint to resume from saved; defined
 # beside the torchrun wrapper that keeps it.
 from pastflow.launch import EXIT_PREEMPTED  # noqa: F401 (re-exported)
+from pastflow.job_cpus import default_loader_workers
 from pastflow.models import checkpoint as ckpt
+from pastflow.models.augment import prepare_images
 from pastflow.models.curves import plot_training_curves
 from pastflow.models.data import ResumableBatchSampler, dataset_from_config, make_loader
-from pastflow.models.distributed import (DistContext, init_distributed, mean_over_ranks,
-                                         shutdown_distributed)
+from pastflow.models.device import on_device
+from pastflow.models.distributed import (DistContext, init_distributed, local_processes,
+                                         mean_over_ranks, shutdown_distributed)
 from pastflow.models.model import PastModel
 from pastflow.models.provenance import describe_change, training_data
 from pastflow.models.validation import (VAL_PREFIX, stale_checkpoints, validation_loss,
@@ -146,10 +149,6 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 class _Run:
@@ -393,6 +392,13 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
     network = (DistributedDataParallel(model, device_ids=[context.device.index]
                                        if context.device.type == "cuda" else None)
                if context.distributed else model)
+    if bool(train.get("channels_last")) and context.device.type == "cuda":
+        # Weights and inputs alike (the encoder's first layer converts the batch): tensor
+        # cores read convolutions in this layout without transposing.
+        model.image_encoder.to(memory_format=torch.channels_last)
+    if train.get("compile"):
+        # The wrapper, not the model: checkpoints keep the model's own parameter names.
+        network = torch.compile(network)
 
     batch_size, steps = int(train["batch_size"]), int(train["steps"])
     sampler = ResumableBatchSampler(dataset.groups(), batch_size, context.world_size,
@@ -417,19 +423,32 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
     patience = int(train.get("early_stopping_patience") or 0)
     from pastflow.progress import progress_bar
 
+    workers = train.get("num_workers")
+    if workers is None:
+        workers = default_loader_workers(context.device.type, local_processes())
+    # One loader for the whole run: its workers persist across epochs (each epoch's
+    # augmentation travels with its batches).
+    loader = make_loader(dataset, sampler, int(workers), int(config["seed"]),
+                         pin_memory=context.device.type == "cuda")
+    if context.is_main:
+        log.info("%d patch-reading worker processes per process", workers)
+
+    def prepare(batch: dict) -> dict:
+        images = prepare_images(batch, dataset.augmentation, dataset.mean, dataset.std)
+        if bool(train.get("channels_last")) and context.device.type == "cuda":
+            images["patch"] = images["patch"].contiguous(memory_format=torch.channels_last)
+        return images
+
     with StopRequest() as stop, progress_bar(total=steps, initial=run.step, unit="step",
                                              desc="pretrain",
                                              enabled=progress and context.is_main) as bar:
         while run.step < steps and not preempted and not run.stop_early(patience):
             sampler.set_position(run.epoch, run.batches_done)
             dataset.set_epoch(run.epoch)
-            loader = make_loader(dataset, sampler, int(train["num_workers"]),
-                                 int(config["seed"]) + run.epoch,
-                                 pin_memory=context.device.type == "cuda")
-            for batch in loader:
-                total, parts, outputs = _train_step(network, model, batch, optimizer, scheduler,
-                                                    autocast, trainable, float(train["grad_clip"]),
-                                                    context.device)
+            for batch in on_device(loader, context.device):
+                total, parts, outputs = _train_step(network, model, prepare(batch), optimizer,
+                                                    scheduler, autocast, trainable,
+                                                    float(train["grad_clip"]))
                 run.step += 1
                 run.batches_done += 1
                 scale = outputs.get("logit_scale")
@@ -483,9 +502,9 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
 
 
 def _train_step(network, model: PastModel, batch: dict, optimizer, scheduler, autocast,
-                trainable: list, grad_clip: float, device: torch.device):
-    """One optimizer step on ``batch``; returns ``(total, parts, outputs)``."""
-    batch = _to_device(batch, device)
+                trainable: list, grad_clip: float):
+    """One optimizer step on ``batch`` (on the device, images prepared); returns
+    ``(total, parts, outputs)``."""
     model.train()
     with autocast:
         outputs = network(batch)  # through the DDP wrapper, which syncs the gradients

@@ -22,9 +22,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 
 from pastflow.errors import InputError
+from pastflow.models.augment import prepare_images
 from pastflow.models.data import CellDataset
 from pastflow.models.distributed import DistContext
 from pastflow.resolution import check_resolution, training_resolution
@@ -104,8 +104,9 @@ def validation_loss(model, validation: ValidationSet, context: DistContext,
     sums: dict[str, float] = {}
     n = 0
     for batch_indices in validation.batches[context.rank::context.world_size]:
-        batch = default_collate([validation.dataset[int(i)] for i in batch_indices])
+        batch = validation.dataset.batch(batch_indices)
         batch = {k: v.to(context.device, non_blocking=True) for k, v in batch.items()}
+        batch = prepare_images(batch, None, validation.dataset.mean, validation.dataset.std)
         with autocast:
             outputs = model(batch)
         total, parts = model.compute_loss(outputs, batch)

@@ -177,7 +177,16 @@ class TrainSettings(Settings):
     grad_clip: float = setting(1.0, "max gradient norm; 0 = off", minimum=0)
     checkpoint_every: int = setting(200, "steps between checkpoints", minimum=1)
     keep_checkpoints: int = setting(2, "newest checkpoints kept", minimum=1)
-    num_workers: int = setting(2, "data loader worker processes", minimum=0)
+    num_workers: int | None = setting(None, "patch-reading worker processes per GPU (null = "
+                                            "from the job's CPUs on GPUs, 0 on the CPU)",
+                                      minimum=0)
+    channels_last: bool = setting(True, "on CUDA, the image encoder's convolutions in "
+                                        "channels-last memory layout (faster on tensor cores; "
+                                        "same results); no effect on the CPU")
+    compile: bool = setting(False, "torch.compile the model's forward pass: a minute or more "
+                                   "of compilation when training starts (and again when a "
+                                   "batch has another crop size), then faster steps; worth it "
+                                   "for long GPU runs")
     log_every: int = setting(10, "steps between log lines", minimum=1)
     device: str = setting("auto", "auto: CUDA when torch sees a GPU, else the CPU, but a job "
                                   "given GPUs that finds no CUDA fails (a CPU-only torch); "
