@@ -227,3 +227,35 @@ def test_every_stage_section_has_a_settings_class():
 
     fields = {f for f in WorkflowConfig.__dataclass_fields__}
     assert set(STAGE_SECTIONS) <= fields
+
+
+def test_a_named_foundation_model_cuts_the_stores_at_its_own_resolution():
+    """UNI takes 224 px at 0.5 um/px: unset patch settings become its card's, set ones stay."""
+    from pastflow.config import resolve_workflow_config
+
+    uni = {"pretrain": {"model": {"image": {"name": "uni", "kwargs": {"weights": "u.bin"}}}}}
+    assert (resolve_workflow_config(uni).patches.mpp,
+            resolve_workflow_config(uni).patches.patch_um) == (0.5, 112.0)
+    conch = {"pretrain": {"model": {"image": {"name": "conch"}}}}
+    assert resolve_workflow_config(conch).patches.patch_um == 224.0  # 448 px
+    coarser = dict(uni, patches={"mpp": 1.0})
+    assert (resolve_workflow_config(coarser).patches.mpp,
+            resolve_workflow_config(coarser).patches.patch_um) == (1.0, 224.0)
+    chosen = dict(uni, patches={"mpp": 0.25, "patch_um": 32})
+    assert (resolve_workflow_config(chosen).patches.mpp,
+            resolve_workflow_config(chosen).patches.patch_um) == (0.25, 32.0)
+    scratch = {"pretrain": {"model": {"image": {"name": "resnet18_cell"}}}}
+    assert (resolve_workflow_config(scratch).patches.mpp,
+            resolve_workflow_config(scratch).patches.patch_um) == (0.5, 32.0)
+
+
+def test_pretraining_warns_when_a_foundation_model_gets_other_crops(caplog):
+    from pastflow.models.train import warn_off_card
+
+    with caplog.at_level("WARNING", logger="pastflow.models.train"):
+        warn_off_card("uni", 0.5, 224, "a.h5")
+        warn_off_card("resnet18_cell", 1.0, 48, "a.h5")
+        assert not caplog.records
+        warn_off_card("uni", 1.0, 112, "a.h5")
+    assert "uni was trained on 224 px crops at 0.5 um/px; a.h5 gives 112 px at 1 um/px" \
+        in caplog.text

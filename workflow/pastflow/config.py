@@ -16,6 +16,7 @@ from typing import Mapping
 
 from pastflow.embed.settings import EmbedSettings
 from pastflow.ingest.settings import IngestSettings
+from pastflow.foundation_inputs import foundation_input
 from pastflow.patches.settings import PatchesSettings
 from pastflow.predict.settings import EvaluateSettings, PredictSettings
 from pastflow.pretrain.settings import PretrainSettings
@@ -102,8 +103,30 @@ STAGE_SECTIONS = ("simulate", "ingest", "qc", "patches", "pretrain", "embed", "p
 
 def resolve_workflow_config(config: Mapping, source: str = "config") -> WorkflowConfig:
     """The merged workflow config checked against every settings class; raises
-    :class:`~pastflow.errors.InputError` naming the first bad key."""
-    return WorkflowConfig.from_config(config, "", source)
+    :class:`~pastflow.errors.InputError` naming the first bad key. Patch stores follow a
+    named foundation model's resolution (:func:`patches_for_encoder`)."""
+    return patches_for_encoder(WorkflowConfig.from_config(config, "", source), config)
+
+
+def patches_for_encoder(settings: WorkflowConfig, config: Mapping) -> WorkflowConfig:
+    """``settings`` with the patch stores cut at the pretrained image encoder's own input when
+    it is a named foundation model (``pretrain.model.image.name: uni``, ...): the
+    ``patches.mpp`` and ``patches.patch_um`` the config leaves unset become its model card's
+    (UNI: 0.5 um/px, 224 px = 112 um), so its crops show what it was trained on. Values the
+    config sets are kept (pretraining then warns that they differ from the card's)."""
+    card = foundation_input(settings.pretrain.model.image.name)
+    given = config.get("patches") or {}
+    if card is None:
+        return settings
+    image_px, mpp = card
+    changes = {}
+    if "mpp" not in given:
+        changes["mpp"] = mpp
+    if "patch_um" not in given:
+        changes["patch_um"] = image_px * changes.get("mpp", settings.patches.mpp)
+    if not changes:
+        return settings
+    return dataclasses.replace(settings, patches=dataclasses.replace(settings.patches, **changes))
 
 
 def config_schema() -> dict:

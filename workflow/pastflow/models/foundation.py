@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from pastflow.errors import InputError
+from pastflow.foundation_inputs import FOUNDATION_INPUTS
 from pastflow.models.compat import import_timm
 from pastflow.models.data import IMAGENET_MEAN, IMAGENET_STD
 from pastflow.models.image import ImageEncoder
@@ -214,13 +215,19 @@ class FoundationModel:
         return self.image_px * self.mpp
 
 
+def _input(name: str) -> dict:
+    """``image_px`` and ``mpp`` of ``name``, from the torch-free table the workflow reads."""
+    image_px, mpp = FOUNDATION_INPUTS[name]
+    return {"image_px": image_px, "mpp": mpp}
+
+
 FOUNDATION_MODELS: dict[str, FoundationModel] = {m.name: m for m in (
     FoundationModel(
         name="uni", title="UNI (ViT-L/16)", page="https://huggingface.co/MahmoodLab/UNI",
         licence="CC-BY-NC-ND-4.0", files=("pytorch_model.bin",),
         arch="vit_large_patch16_224",
         timm_kwargs=dict(img_size=224, patch_size=16, init_values=1e-5, dynamic_img_size=True),
-        image_px=224, mpp=0.5, out_dim=1024, card_params_m=303),
+        **_input("uni"), out_dim=1024, card_params_m=303),
     FoundationModel(
         name="uni2_h", title="UNI2-h (ViT-H/14, 8 registers)",
         page="https://huggingface.co/MahmoodLab/UNI2-h", licence="CC-BY-NC-ND-4.0",
@@ -229,7 +236,7 @@ FOUNDATION_MODELS: dict[str, FoundationModel] = {m.name: m for m in (
                          embed_dim=1536, mlp_ratio=2.66667 * 2, no_embed_class=True,
                          mlp_layer="SwiGLUPacked", act_layer="SiLU", reg_tokens=8,
                          dynamic_img_size=True),
-        image_px=224, mpp=0.5, out_dim=1536, card_params_m=681),
+        **_input("uni2_h"), out_dim=1536, card_params_m=681),
     FoundationModel(
         name="conch", title="CONCH vision tower (ViT-B/16, CoCa pooler)",
         page="https://huggingface.co/MahmoodLab/CONCH", licence="CC-BY-NC-ND-4.0",
@@ -238,7 +245,7 @@ FOUNDATION_MODELS: dict[str, FoundationModel] = {m.name: m for m in (
         # 12 blocks, 12 heads, MLP x4) built with dynamic_img_size.
         timm_kwargs=dict(img_size=448, patch_size=16, dynamic_img_size=True),
         # mpp: CONCH is benchmarked on 20x tiles (its pretraining pairs mix magnifications).
-        image_px=448, mpp=0.5, out_dim=512, card_params_m=86, pooling="conch",
+        **_input("conch"), out_dim=512, card_params_m=86, pooling="conch",
         mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711),
         to_timm=conch_layout, layout="CONCH CoCa (open_clip)"),
     FoundationModel(
@@ -247,7 +254,7 @@ FOUNDATION_MODELS: dict[str, FoundationModel] = {m.name: m for m in (
         files=("model.safetensors", "pytorch_model.bin"),
         arch="vit_giant_patch14_reg4_dinov2",
         timm_kwargs=dict(img_size=224, init_values=1e-5, dynamic_img_size=False),
-        image_px=224, mpp=0.5, out_dim=1536, card_params_m=1100,
+        **_input("h_optimus_0"), out_dim=1536, card_params_m=1100,
         mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517)),
     FoundationModel(
         name="virchow2", title="Virchow2 (ViT-H/14, 4 registers)",
@@ -257,14 +264,14 @@ FOUNDATION_MODELS: dict[str, FoundationModel] = {m.name: m for m in (
                          global_pool="", dynamic_img_size=True, mlp_layer="SwiGLUPacked",
                          act_layer="SiLU"),
         # The card's embedding: class token beside the mean of the patch tokens (1280 + 1280).
-        image_px=224, mpp=0.5, out_dim=2560, card_params_m=632, pooling="cls_mean_patch"),
+        **_input("virchow2"), out_dim=2560, card_params_m=632, pooling="cls_mean_patch"),
     FoundationModel(
         name="prov_gigapath", title="Prov-GigaPath tile encoder (ViT-g/16)",
         page="https://huggingface.co/prov-gigapath/prov-gigapath", licence="Apache-2.0",
         files=("pytorch_model.bin",), arch="vit_giant_patch14_dinov2",
         timm_kwargs=dict(img_size=224, in_chans=3, patch_size=16, embed_dim=1536, depth=40,
                          num_heads=24, init_values=1e-5, mlp_ratio=5.33334),
-        image_px=224, mpp=0.5, out_dim=1536, card_params_m=1134),
+        **_input("prov_gigapath"), out_dim=1536, card_params_m=1134),
     FoundationModel(
         name="phikon_v2", title="Phikon-v2 (ViT-L/16, DINOv2)",
         page="https://huggingface.co/owkin/phikon-v2", licence="owkin non-commercial",
@@ -272,7 +279,7 @@ FOUNDATION_MODELS: dict[str, FoundationModel] = {m.name: m for m in (
         # HuggingFace Dinov2Config of the card: hidden 1024, 24 layers, 16 heads, patch 16,
         # image 224, layer scale, GELU MLP x4, no registers; features = CLS after layernorm.
         timm_kwargs=dict(img_size=224, patch_size=16, init_values=1e-5, dynamic_img_size=True),
-        image_px=224, mpp=0.5, out_dim=1024, card_params_m=303,
+        **_input("phikon_v2"), out_dim=1024, card_params_m=303,
         to_timm=hf_dinov2_layout, layout="HuggingFace Dinov2Model"),
     FoundationModel(
         name="resnet50_imagenet", title="ResNet-50, ImageNet, truncated after layer3",
@@ -281,7 +288,7 @@ FOUNDATION_MODELS: dict[str, FoundationModel] = {m.name: m for m in (
         files=("resnet50-0676ba61.pth", "model.safetensors"), arch="resnet50",
         # The HEST-Benchmark / CLAM baseline: layer3's 1024 channels, average pooled.
         timm_kwargs=dict(features_only=True, out_indices=(3,)),
-        image_px=224, mpp=0.5, out_dim=1024, card_params_m=8.5,
+        **_input("resnet50_imagenet"), out_dim=1024, card_params_m=8.5,
         to_timm=torchvision_resnet_truncated, layout="torchvision ResNet"),
 )}
 

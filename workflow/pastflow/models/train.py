@@ -58,6 +58,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pastflow.atomic import atomic_path
 from pastflow.errors import InputError
+from pastflow.foundation_inputs import foundation_input
 # EXIT_PREEMPTED (75): stopped by a signal, the checkpoint to resume from saved; defined
 # beside the torchrun wrapper that keeps it.
 from pastflow.launch import EXIT_PREEMPTED  # noqa: F401 (re-exported)
@@ -77,7 +78,7 @@ from pastflow.models.serialize import (optimizer_from_state, optimizer_to_state,
                                        rng_to_state, scheduler_from_state, scheduler_to_state)
 from pastflow.models.weights import read_state_dict
 from pastflow.pretrain.settings import resolve_pretrain_config
-from pastflow.resolution import check_resolution, training_resolution
+from pastflow.resolution import check_resolution, same_resolution, training_resolution
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +340,20 @@ def pretrain(config: dict, samples: Sequence[tuple[str | Path, str | Path]],
         shutdown_distributed(context)
 
 
+def warn_off_card(encoder: str, mpp: float, image_px: int, store) -> None:
+    """Warn when a named foundation model is given crops at another resolution or size than
+    its model card's (the workflow cuts its stores at the card's unless the config says
+    otherwise, :func:`pastflow.config.patches_for_encoder`): it runs, on pixels it never saw."""
+    card = foundation_input(encoder)
+    if card is None:
+        return
+    card_px, card_mpp = card
+    if not same_resolution(mpp, card_mpp) or image_px != card_px:
+        log.warning("%s was trained on %d px crops at %g um/px; %s gives %d px at %.3g um/px "
+                    "(set patches.mpp and patches.patch_um to the card's, or leave them unset)",
+                    encoder, card_px, card_mpp, store, image_px, mpp)
+
+
 def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: DistContext,
               progress: bool) -> TrainResult:
     stores, tables = [s for s, _ in samples], [t for _, t in samples]
@@ -356,6 +371,7 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
     model_config = config["model"]
     # The resolution contract: the stores must agree, and the model records their mpp.
     mpp, patch_um = training_resolution(stores, dataset.patch_px)
+    warn_off_card(model_config["image"]["name"], mpp, dataset.patch_px, stores[0])
     if latest is None:
         model_config.update(genes=dataset.genes, pathways=dataset.pathways,
                             image_px=dataset.patch_px, mpp=mpp, patch_um=patch_um)

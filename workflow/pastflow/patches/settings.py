@@ -23,10 +23,12 @@ class PatchesSettings(Settings):
         """Patch side in microns for a sample whose rows are ``unit``s of that diameter."""
         return self.patch_um if unit == "cell" else unit_diameter_um + self.spot_context_um
 
-    mpp: float = setting(0.5, "resolution of the patch store, microns per pixel",
+    mpp: float = setting(0.5, "resolution of the patch store, microns per pixel (unset, with "
+                              "a named foundation model as pretrain.model.image: its own)",
                          exclusive_minimum=0, maximum=100)
     patch_um: float = setting(32.0, "patch side in microns (32 um at 0.5 um/px = 64 px, cell "
-                                    "scale; 112 = 224 px, HEST/STAMP)", exclusive_minimum=0)
+                                    "scale; 112 = 224 px, HEST/STAMP; unset, with a named "
+                                    "foundation model: its input side)", exclusive_minimum=0)
     spot_context_um: float = setting(10.0, "a spot (Visium, legacy ST, Visium HD bins) is cut at "
                                            "its own diameter plus this many microns of context; "
                                            "cells are cut at patch_um", minimum=0)
