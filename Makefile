@@ -9,7 +9,7 @@ CORES  ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --printshellcmds
 
-.PHONY: run test test-fast bench gpu-check report lint clean help
+.PHONY: run test test-fast bench gpu-check her2st-folds report lint clean help
 
 help:
 	@echo "make run    set up .venv and run the default workflow (simulated cohort) -> results/, results/report.html"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-fast  the tests not marked slow (no whole-workflow runs)"
 	@echo "make bench  set up .venv and run the benchmarks -> results/bench/*.json"
 	@echo "make gpu-check  on a machine with NVIDIA GPUs: train, resume, embed and benchmark on them -> results/bench/gpu.json"
+	@echo "make her2st-folds  HER2ST leave-one-section-out, every section tested in turn -> results/her2st_folds.tsv"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,11 @@ bench: $(STAMP)
 # Every test is skipped (exit 0) where torch sees no CUDA device.
 gpu-check: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -s -m gpu tests/gpu
+
+# Five workflow runs (about 10 min each on 2 cores), one per held-out section.
+her2st-folds: $(STAMP)
+	$(BIN)/pastflow folds --configfile config/her2st.yaml --out results/her2st_folds.tsv \
+		--workdir results/her2st_folds --cores $(CORES)
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -41,6 +41,7 @@ STAGE_MODULES = {
     "cohort": "pastflow.cohort.cli",  # not a workflow stage: builds a sheet (HEST-1k)
     "sheet": "pastflow.scan.cli",  # not a workflow stage: a sheet from a folder of vendor outputs
     "timings": "pastflow.timings.cli",  # not a workflow stage: a run's time per stage
+    "folds": "pastflow.folds.cli",  # not a workflow stage: the workflow once per fold
 }
 
 
