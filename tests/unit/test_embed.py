@@ -340,3 +340,41 @@ def test_training_stores_must_agree_on_the_resolution(cohort, tmp_path):
         training_resolution([cohort[0].store, coarse], PATCH_PX)
     assert str(coarse) in str(err.value) and str(cohort[0].store) in str(err.value)
     assert "1.0000 um/px" in str(err.value) and "0.5000 um/px" in str(err.value)
+
+
+def test_a_probe_encoder_embeds_every_cell_at_its_own_input_side(trained, cohort, tmp_path):
+    """``embed.probe_encoders``: ResNet50-ImageNet (truncated after layer3, HEST's baseline)
+    from a torchvision-layout file: every cell's crop, resized to 224 px and normalised with
+    ImageNet's statistics, gives the encoder's own features in ``X_probe_resnet50_imagenet``."""
+    import torch.nn.functional as F
+
+    from pastflow.models.foundation import build_foundation_encoder
+    from pastflow.patches.reader import PatchStore
+    from pastflow.resolution import crop_px
+    from test_foundation_models import torchvision_resnet50
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(torchvision_resnet50().state_dict(), weights)
+    sample = cohort[0]
+    out = tmp_path / "probe.h5ad"
+    embed_sample(trained / "model", sample.store, out,
+                 EmbedSettings(batch_size=16, probe_encoders={"resnet50_imagenet": str(weights)}),
+                 sample=sample.name, progress=False)
+    table = ad.read_h5ad(out)
+    features = table.obsm["X_probe_resnet50_imagenet"]
+    assert features.shape == (36, 1024) and np.isfinite(features).all()
+    meta = table.uns["pastflow_embed"]["probe_encoders"]["resnet50_imagenet"]
+    assert meta["input_px"] == 224 and meta["cells_per_s"] > 0
+    store = PatchStore(sample.store)
+    size = crop_px(store, load_checkpoint(trained / "model").config["model"]["image_px"])
+    assert meta["field_um"] == pytest.approx(size * store.mpp)
+    encoder = build_foundation_encoder("resnet50_imagenet", image_px=224, weights=weights).eval()
+    crops = torch.from_numpy(store.read(np.arange(len(store)), size=size)).float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    resized = F.interpolate((crops - mean) / std, size=(224, 224), mode="bilinear",
+                            align_corners=False, antialias=True)
+    with torch.no_grad():
+        expected = encoder(resized).numpy()
+    assert features == pytest.approx(expected, abs=1e-4)

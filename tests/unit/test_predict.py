@@ -578,3 +578,32 @@ def test_bootstrap_intervals_cover_the_truth_and_pair_the_draws():
     paired = percentile_interval(draws["good"] - draws["bad"])
     assert paired[0] > 0  # good beats bad beyond resampling noise
     assert paired[1] - paired[0] < (high - low) * 1.5
+
+
+def test_probe_encoders_are_scored_by_the_same_probe_and_paired_as_baselines():
+    """A probe encoder's features (``X_probe_<name>``, here encoding g5 only) become method
+    ``<name>_ridge``: scored, given intervals, and a baseline of the paired differences. A
+    probe some training sample lacks is left out."""
+    train = [measured_sample("a", "P1", 300, 1, scale=TRAIN_SCALE),
+             measured_sample("b", "P2", 300, 2, scale=TRAIN_SCALE)]
+    test = measured_sample("t", "P3", 200, 3, scale=TEST_SCALE)
+    for sample in (*train, test):
+        rng = np.random.default_rng(len(sample))
+        g5 = sample.columns(["g5"])[:, 0]
+        sample.embeddings["X_probe_resnet50_imagenet"] = np.column_stack(
+            [g5 + 0.05 * rng.normal(size=len(sample)), rng.normal(size=(len(sample), 7))])
+    test.embeddings["X_probe_uni"] = train[0].embeddings["X_image"][:200]  # not in training
+    head = pd.DataFrame(test.columns(test.genes), index=test.cell_ids, columns=test.genes)
+    settings = EvaluateSettings(n_genes=2, markers=[], bootstrap=100)
+    per_gene, predictions, genes = evaluate_sample(test, train, head, settings)
+    assert set(per_gene["method"]) == set(METHODS) | {"resnet50_imagenet_ridge"}
+    r = per_gene.pivot(index="gene", columns="method", values="pearson_r")
+    assert r.loc["g5", "resnet50_imagenet_ridge"] > 0.95
+    assert r.loc[["g4", "g0"], "resnet50_imagenet_ridge"].abs().max() < 0.3
+    intervals, paired, _ = bootstrap_intervals(test, selection_genes(per_gene), predictions,
+                                               genes, settings)
+    assert intervals["method"].tolist()[-1] == "resnet50_imagenet_ridge"
+    assert paired[["method", "baseline"]].values.tolist() == [
+        [m, b] for m in PASTFLOW_METHODS for b in (*BASELINES, "resnet50_imagenet_ridge")]
+    summary = summarise(per_gene)
+    assert "resnet50_imagenet_ridge" in set(summary["method"])

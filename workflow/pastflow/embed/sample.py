@@ -9,6 +9,9 @@ Rows are the cells of the patch store that lie inside the slide, in store order
 - ``X_morphology`` ``float32 (n, 22)``: hand-crafted morphology features of the same crop
   (stains, nuclei, texture; :mod:`pastflow.embed.morphology`, names in
   ``uns["pastflow_embed"]["morphology_features"]``), the morphology baseline of the evaluation;
+- ``X_probe_<name>`` ``float32 (n, features)``: each probe encoder's frozen features
+  (``embed.probe_encoders``, :mod:`pastflow.embed.probes`), read out by the evaluation's
+  ridge probe as method ``<name>_ridge``;
 - ``X_expression`` ``float32 (n, embed_dim)``: the trained expression embedding, for cells
   of the sample's QC table; NaN rows for cells QC dropped, and absent for H&E-only samples.
 
@@ -36,6 +39,7 @@ import torch
 from pastflow.atomic import atomic_path
 from pastflow.embed.encode import embed_devices, embed_expression, embed_images, random_model
 from pastflow.embed.morphology import MORPHOLOGY_FEATURES, measure_store
+from pastflow.embed.probes import ProbeEncoder, obsm_key
 from pastflow.embed.settings import EmbedSettings
 from pastflow.errors import InputError
 from pastflow.models.checkpoint import load_checkpoint
@@ -119,6 +123,19 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
                         "in_tissue": np.asarray(store.in_tissue)[rows],
                         "expression_measured": False}, index=pd.Index(cell_ids, name=None))
     obsm = {"X_image": trained, "X_image_random": random, "X_morphology": morphology}
+    probes = {}
+    for name, weights in settings.probe_encoders.items():
+        probe = ProbeEncoder(name, weights, config["model"]["image_px"])
+        start = time.perf_counter()
+        obsm[obsm_key(name)] = embed_images(
+            probe, store, rows, **{**image_kwargs, "mean": probe.spec.mean, "std": probe.spec.std},
+            desc=f"{sample}: {name}")
+        probes[name] = {"weights": str(Path(weights).resolve()), "input_px": probe.spec.image_px,
+                        "card_mpp": probe.spec.mpp,
+                        "field_um": crop_px(store, config["model"]["image_px"]) * store.mpp,
+                        "cells_per_s": round(len(rows) / (time.perf_counter() - start), 1)}
+        log.info("%s: probe encoder %s: %d features, %.0f cells/s", sample, name,
+                 obsm[obsm_key(name)].shape[1], probes[name]["cells_per_s"])
     if table_path is not None:
         obsm["X_expression"] = _expression_embeddings(model, table_path, obs, batch_size, device)
     table = ad.AnnData(np.zeros((len(rows), 0), np.float32), obs=obs, obsm=obsm)
@@ -140,6 +157,7 @@ def embed_sample(model_dir: str | Path, store_path: str | Path, out_path: str | 
         "image_cells_per_s": round(len(rows) / seconds, 1),
         "morphology_features": list(MORPHOLOGY_FEATURES),
         "morphology_cells_per_s": round(len(rows) / morphology_seconds, 1),
+        "probe_encoders": probes,
     }
     with atomic_path(out_path) as tmp:
         table.write_h5ad(tmp)

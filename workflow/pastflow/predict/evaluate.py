@@ -11,7 +11,12 @@ For every test sample with measured expression, over the same genes:
   texture; ``obsm["X_morphology"]``, :mod:`pastflow.embed.morphology`): what an encoder must
   beat to have learned more than a pathologist's measurements;
 - ``mean_baseline``: every cell gets the per-gene mean of the training cells. Its prediction
-  is constant, so its r is 0 by the convention of :mod:`pastflow.predict.metrics`.
+  is constant, so its r is 0 by the convention of :mod:`pastflow.predict.metrics`;
+- ``<name>_ridge`` for every probe encoder the embed stage ran (``embed.probe_encoders``:
+  e.g. ``resnet50_imagenet_ridge``, the HEST-Benchmark's ResNet50-ImageNet + ridge, when its
+  weights are given; ``obsm["X_probe_<name>"]``): the same probe on that frozen encoder's
+  features, a baseline. Every encoder is read out by the one probe, so encoder quality and
+  readout type (head vs probe) are compared separately.
 
 Intervals: every gene's r and each selection's mean r get a 95% percentile bootstrap interval
 over the test sample's cells (``evaluate.bootstrap`` resamples, the same for every method), and
@@ -63,6 +68,22 @@ BASELINES = ("random_encoder", "mean_baseline", "morphology_ridge")
 # The ridge probe's methods and the embedding-table features they read (obsm keys).
 PROBES = {"pastflow_ridge": "X_image", "random_encoder": "X_image_random",
           "morphology_ridge": "X_morphology"}
+# Features of the frozen probe encoders the embed stage ran (obsm "X_probe_<name>"); each is
+# scored as method "<name>_ridge", a baseline.
+PROBE_ENCODER_PREFIX = "X_probe_"
+
+
+def probe_method(key: str) -> str:
+    """``X_probe_resnet50_imagenet`` -> ``resnet50_imagenet_ridge``."""
+    return f"{key[len(PROBE_ENCODER_PREFIX):]}_ridge"
+
+
+def method_order(methods) -> list[str]:
+    """``methods`` in report order: :data:`METHODS` first, then the probe encoders'."""
+    methods = list(methods)
+    return [m for m in METHODS if m in methods] + sorted(set(methods) - set(METHODS))
+
+
 # Gene selections scored (see the module docstring); the first is the headline.
 GENE_SELECTIONS = ("train_top", "hest_test_top")
 
@@ -109,7 +130,8 @@ def join_measured(name: str, patient: str, embedding, qc, slide_path: str = "") 
         name=name, patient=patient, cell_ids=table_ids[found], genes=list(qc.var_names),
         expression=sp.csr_matrix(qc.X[np.flatnonzero(found)], dtype=np.float32),
         embeddings={key: np.asarray(embedding.obsm[key][rows], np.float32)
-                    for key in PROBES.values()},
+                    for key in [*PROBES.values(), *(k for k in embedding.obsm
+                                                    if k.startswith(PROBE_ENCODER_PREFIX))]},
         xy=obs[["x_px", "y_px"]].to_numpy(np.float64), slide_path=slide_path)
 
 
@@ -160,7 +182,11 @@ def probe_predictions(train: Sequence[MeasuredSample], test: MeasuredSample,
     most as many components as the features have (22 morphology features keep 22)."""
     target = np.concatenate([s.columns(genes) for s in train])
     out = {}
-    for method, key in PROBES.items():
+    # Probe encoders that every sample was embedded with (one missing from a training sample
+    # would leave the probe without its cells).
+    encoders = [k for k in test.embeddings if k.startswith(PROBE_ENCODER_PREFIX)
+                and all(k in s.embeddings for s in train)]
+    for method, key in [*PROBES.items(), *((probe_method(k), k) for k in sorted(encoders))]:
         features = np.concatenate([s.embeddings[key] for s in train])
         probe = fit_hest_ridge(features, target, n_components=n_components, seed=seed)
         out[method] = probe.predict(test.embeddings[key])
@@ -205,7 +231,7 @@ def evaluate_sample(test: MeasuredSample, train: Sequence[MeasuredSample],
     predictions.update(probe_predictions(train, test, genes,
                                          n_components=settings.pca_components,
                                          seed=settings.seed))
-    per_gene = score_genes(test, genes, {m: predictions[m] for m in METHODS})
+    per_gene = score_genes(test, genes, {m: predictions[m] for m in method_order(predictions)})
     for rank_column, flag_column, top in (("variance_rank", "top", test_top),
                                           ("train_rank", "train_top", train_top)):
         rank = {g: i + 1 for i, g in enumerate(top)}
@@ -236,17 +262,18 @@ def bootstrap_intervals(test: MeasuredSample, selections: dict[str, list[str]],
         ``diff`` on all cells); every scored gene's r (``method, gene, ci_low, ci_high``).
     """
     genes = list(genes)
-    draws = bootstrap_pearson(test.columns(genes), {m: predictions[m] for m in METHODS},
+    methods = method_order(predictions)
+    draws = bootstrap_pearson(test.columns(genes), {m: predictions[m] for m in methods},
                               settings.bootstrap, settings.seed)
     per_gene = []
-    for method in METHODS:
+    for method in methods:
         low, high = percentile_intervals(draws[method])
         per_gene.append(pd.DataFrame({"method": method, "gene": genes, "ci_low": low,
                                       "ci_high": high}))
     means, rows = {}, []
     for selection, chosen in selections.items():
         columns = [genes.index(g) for g in chosen]
-        for method in METHODS:
+        for method in methods:
             means[method, selection] = draws[method][:, columns].mean(axis=1)
             rows.append({"method": method, "genes": selection, **dict(zip(
                 ("ci_low", "ci_high"), percentile_interval(means[method, selection])))})
@@ -254,12 +281,13 @@ def bootstrap_intervals(test: MeasuredSample, selections: dict[str, list[str]],
     measured = test.columns(selections[headline])
     columns = [genes.index(g) for g in selections[headline]]
     point = {m: pearson_per_gene(measured, np.asarray(predictions[m])[:, columns]).mean()
-             for m in METHODS}
+             for m in methods}
+    baselines = [*BASELINES, *(m for m in methods if m not in METHODS)]
     paired = pd.DataFrame([
         {"method": m, "baseline": b, "diff": point[m] - point[b],
          **dict(zip(("ci_low", "ci_high"),
                     percentile_interval(means[m, headline] - means[b, headline])))}
-        for m in PASTFLOW_METHODS for b in BASELINES])
+        for m in PASTFLOW_METHODS for b in baselines])
     return pd.DataFrame(rows), paired, pd.concat(per_gene, ignore_index=True)
 
 
@@ -271,7 +299,7 @@ def summarise(per_gene: pd.DataFrame) -> pd.DataFrame:
     measured mean log1p level; NaN for a per-gene table without it)."""
     rows = []
     flags = {"train_top": "train_top", "hest_test_top": "top"}
-    for method in METHODS:
+    for method in method_order(per_gene["method"].unique()):
         part = per_gene[per_gene["method"] == method]
         if part.empty:
             continue

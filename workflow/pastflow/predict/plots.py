@@ -13,6 +13,17 @@ from pastflow.figures import MAX_WIDTH_PX, figure_dpi, fit_image, save_figure
 DPI = 90
 METHOD_COLOURS = {"pastflow_head": "C0", "pastflow_ridge": "C2", "morphology_ridge": "C1",
                   "random_encoder": "C7", "mean_baseline": "C3"}
+PROBE_COLOURS = ("C4", "C5", "C6", "C8", "C9")  # the probe encoders', in name order
+
+
+def plotted_methods(methods) -> dict[str, str]:
+    """The methods among ``methods`` to draw, in report order, with their colours: the
+    built-in ones, then the probe encoders' (``resnet50_imagenet_ridge``, ...)."""
+    present = set(methods)
+    colours = {m: c for m, c in METHOD_COLOURS.items() if m in present}
+    probes = sorted(present - set(METHOD_COLOURS))
+    colours.update({m: PROBE_COLOURS[i % len(PROBE_COLOURS)] for i, m in enumerate(probes)})
+    return colours
 
 
 def _pyplot():
@@ -36,7 +47,8 @@ def plot_per_gene(per_gene: pd.DataFrame, sample: str, path: str | Path | None =
     atomically) if given.
     """
     plt = _pyplot()
-    methods = [m for m in METHOD_COLOURS if m in set(per_gene["method"])]
+    colours = plotted_methods(per_gene["method"])
+    methods = list(colours)
     wide = per_gene.pivot_table(index="gene", columns="method", values="pearson_r")
     flags = per_gene.drop_duplicates("gene").set_index("gene")
     key = "pastflow_head" if "pastflow_head" in wide else methods[0]
@@ -55,9 +67,9 @@ def plot_per_gene(per_gene: pd.DataFrame, sample: str, path: str | Path | None =
     for i, method in enumerate(methods):
         values = wide.loc[genes, method].to_numpy()
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width,
-               color=METHOD_COLOURS[method], label=f"{method} (mean {top[method].mean():.3f})")
+               color=colours[method], label=f"{method} (mean {top[method].mean():.3f})")
         ax.hlines(top[method].mean(), x[0] - 0.5, x[len(top) - 1] + 0.5 if len(top) else 0,
-                  colors=METHOD_COLOURS[method], linestyles="dashed", linewidth=0.8)
+                  colors=colours[method], linestyles="dashed", linewidth=0.8)
     ax.set_xticks(x, [f"{g}*" if flags.loc[g, "marker"] else g for g in genes], rotation=90,
                   fontsize=7)
     ax.axhline(0, color="black", linewidth=0.6)
@@ -82,7 +94,8 @@ def plot_per_gene_intervals(per_gene: pd.DataFrame, sample: str,
     """
     plt = _pyplot()
     shown = per_gene[per_gene["train_top"] & (per_gene["method"] != "mean_baseline")]
-    methods = [m for m in METHOD_COLOURS if m in set(shown["method"])]
+    colours = plotted_methods(shown["method"])
+    methods = list(colours)
     r = shown.pivot_table(index="gene", columns="method", values="pearson_r")
     key = "pastflow_head" if "pastflow_head" in r else methods[0]
     genes = list(r.sort_values(key, ascending=True).index)  # best at the top
@@ -100,7 +113,7 @@ def plot_per_gene_intervals(per_gene: pd.DataFrame, sample: str,
                     xerr=np.clip([values - low[method].to_numpy(),
                                   high[method].to_numpy() - values], 0, None),
                     fmt="o", markersize=2.5, elinewidth=0.9, capsize=0,
-                    color=METHOD_COLOURS[method],
+                    color=colours[method],
                     label=f"{method} (mean {np.mean(values):.3f})")
     ax.set_yticks(y, genes, fontsize=7)
     ax.set_ylim(-0.7, len(genes) - 0.3)
