@@ -142,7 +142,10 @@ def prepare_images(batch: dict, augmentation: Augmentation | None, mean: Sequenc
     """The batch as the model takes it: its ``uint8`` ``patch`` (and ``neighbor_patches``)
     augmented by their drawn parameters (``augment`` / ``neighbor_augment``, when the
     dataset drew them) and normalised, on the batch's device. Absent neighbours are zeros
-    after normalisation (the fusion masks them)."""
+    after normalisation (the fusion masks them). A batch of cached encoder features (no
+    ``patch``) has nothing to prepare."""
+    if "patch" not in batch:
+        return batch
     out = dict(batch)
     patches = batch["patch"].float().div(255.0)
     if augmentation is not None and "augment" in batch:

@@ -8,7 +8,10 @@ tensors of a model batch (see :mod:`pastflow.models.model`) plus ``index`` (its 
 dataset), ``sample`` and ``neighbors`` (the dataset indices of its k nearest cells in the same
 sample, -1 = none). Patches are served as stored (``uint8``) with their augmentation draws
 (``augment``, ``neighbor_augment``); :func:`pastflow.models.augment.prepare_images` augments
-and normalises them where the batch trains.
+and normalises them where the batch trains. A dataset given a frozen image encoder's cached
+features (:meth:`CellDataset.serve_features`, :mod:`pastflow.models.feature_cache`) serves
+those instead of patches: ``image_features`` ``float32 (n, d)`` and, with neighbours,
+``neighbor_features`` ``(n, k, d)`` (zeros where absent).
 
 Expression is over one cohort gene list (genes a sample did not measure are 0 and masked);
 pathway scores are computed per sample (z-scores are relative to the sample's own cells,
@@ -17,6 +20,7 @@ which also removes per-sample shifts) over one cohort pathway list, likewise mas
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import signal
@@ -225,6 +229,7 @@ class CellDataset(Dataset):
             gene_sets = read_gmt(gmt)
         self.k_neighbors, self.seed, self.epoch = int(k_neighbors), int(seed), 0
         self.mean, self.std, self.augmentation = tuple(mean), tuple(std), augmentation
+        self.features = None  # cached encoder features served instead of patches
 
         scored = [score_pathways(a.X, a.var_names, gene_sets, method=pathway_method,
                                  min_genes=pathway_min_genes) for a in adatas]
@@ -343,30 +348,64 @@ class CellDataset(Dataset):
                                          np.random.default_rng((self.seed, epoch, *key)))
                          for key in keys])
 
+    def image_sources(self) -> list[tuple[Path, np.ndarray, int]]:
+        """Per sample, what its cells' images are cut from: ``(patch store path, the store
+        rows read, in dataset order, crop side in px)``."""
+        return [(Path(s.store.path), s.store_rows, size)
+                for s, size in zip(self._samples, self.crop_px)]
+
+    def neighbors_of(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``int64 (len(indices), k)``: dataset indices of each cell's neighbours (-1 = none)."""
+        indices = np.asarray(indices, np.int64)
+        out = np.full((len(indices), self.k_neighbors), -1, np.int64)
+        owner = np.searchsorted(self.offsets, indices, side="right") - 1
+        for s in np.unique(owner).tolist():
+            chosen = owner == s
+            out[chosen] = self._samples[s].neighbors[indices[chosen] - self.offsets[s]]
+        return out
+
+    def patches_only(self) -> "CellDataset":
+        """The same cells serving their own patches only: no neighbours, no augmentation,
+        no cached features (what a frozen encoder's features are computed from)."""
+        view = copy.copy(self)
+        view.k_neighbors, view.augmentation, view.features = 0, None, None
+        return view
+
+    def serve_features(self, features) -> None:
+        """Serve ``features`` (rows by dataset index, ``features.rows(indices)`` ->
+        ``float32 (n, d)``: :class:`pastflow.models.feature_cache.CachedFeatures`) in batches
+        instead of patches and their augmentation draws."""
+        self.features = features
+
     def batch(self, indices: Sequence[int], epoch: int | None = None) -> dict:
         """Cells ``indices`` (one crop size; any samples) as one collated batch of tensors:
         patches ``uint8`` (normalised and augmented on the device by
         :func:`~pastflow.models.augment.prepare_images`), their augmentation draws of epoch
         ``epoch`` (default: the dataset's, :meth:`set_epoch`) under ``augment``, and the
-        targets. Patches are read sample by sample, one store read each."""
+        targets. Patches are read sample by sample, one store read each. With cached
+        features (:meth:`serve_features`): ``image_features`` (and ``neighbor_features``)
+        instead of patches, nothing read from the stores."""
         epoch = self.epoch if epoch is None else int(epoch)
         located = np.array([self.locate(int(i)) for i in indices], np.int64).reshape(-1, 2)
         sizes = {self.crop_px[s] for s in np.unique(located[:, 0])}
         if len(sizes) > 1:
             raise ValueError(f"one batch holds one crop size, got {sorted(sizes)}")
         n, size = len(located), sizes.pop()
-        patches = np.empty((n, 3, size, size), np.uint8)
+        reading = self.features is None
+        patches = np.empty((n, 3, size, size), np.uint8) if reading else None
         columns: dict[str, list] = {"expression": [], "counts": [], "gene_mask": [],
                                     "library_size": [], "pathways": [], "pathway_mask": []}
         order = np.empty(n, np.int64)  # batch position of each stacked row
         neighbors = np.full((n, self.k_neighbors), -1, np.int64)
-        neighbor_patches = np.zeros((n, self.k_neighbors, 3, size, size), np.uint8)
+        neighbor_patches = (np.zeros((n, self.k_neighbors, 3, size, size), np.uint8)
+                            if reading else None)
         filled = 0
         for s in np.unique(located[:, 0]).tolist():
             where = np.flatnonzero(located[:, 0] == s)
             rows = located[where, 1]
             sample = self._samples[s]
-            patches[where] = self._read(s, rows)
+            if reading:
+                patches[where] = self._read(s, rows)
             columns["expression"].append(sample.expression[rows].toarray())
             columns["counts"].append(sample.counts[rows].toarray())
             columns["gene_mask"].append(np.broadcast_to(sample.gene_mask, (len(rows),
@@ -381,17 +420,19 @@ class CellDataset(Dataset):
                 ids = sample.neighbors[rows]
                 neighbors[where] = ids
                 present = ids >= 0
-                if present.any():
+                if reading and present.any():
                     read = self._read(s, ids[present] - self.offsets[s])
                     block = neighbor_patches[where]
                     block[present] = read
                     neighbor_patches[where] = block
         inverse = np.argsort(order)  # stacked rows back to batch order
         batch = {"index": torch.as_tensor(np.asarray(indices, np.int64)),
-                 "sample": torch.from_numpy(located[:, 0].copy()),
-                 "patch": torch.from_numpy(patches)}
+                 "sample": torch.from_numpy(located[:, 0].copy())}
         for key, parts in columns.items():
             batch[key] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)[inverse]))
+        if not reading:
+            return self._with_features(batch, neighbors)
+        batch["patch"] = torch.from_numpy(patches)
         if self.augmentation is not None:
             batch["augment"] = torch.from_numpy(
                 self._draws(epoch, [(int(i),) for i in indices]))
@@ -403,6 +444,19 @@ class CellDataset(Dataset):
                 keys = [(int(i), j + 1) for i in indices for j in range(self.k_neighbors)]
                 batch["neighbor_augment"] = torch.from_numpy(
                     self._draws(epoch, keys).reshape(n, self.k_neighbors, -1))
+        return batch
+
+    def _with_features(self, batch: dict, neighbors: np.ndarray) -> dict:
+        """``batch`` with the cached features of its cells (and of their neighbours)."""
+        batch["image_features"] = torch.from_numpy(self.features.rows(batch["index"].numpy()))
+        if self.k_neighbors:
+            present = neighbors >= 0
+            found = np.zeros((*neighbors.shape, self.features.dim), np.float32)
+            if present.any():
+                found[present] = self.features.rows(neighbors[present])
+            batch["neighbors"] = torch.from_numpy(neighbors)
+            batch["neighbor_mask"] = torch.from_numpy(present)
+            batch["neighbor_features"] = torch.from_numpy(found)
         return batch
 
     def __getitems__(self, request) -> dict:

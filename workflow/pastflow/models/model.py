@@ -15,7 +15,10 @@ A batch is a dict of tensors (:mod:`pastflow.models.data` makes them):
 ``neighbor_mask`` ``bool (n, k)``; ``expression`` ``float (n, G)`` log1p-normalised and
 ``gene_mask`` ``bool (n, G)``; ``counts`` ``float (n, G)`` and ``library_size`` ``float (n,)``
 (raw counts summed over the measured cohort genes); ``pathways`` ``float (n, P)`` and
-``pathway_mask`` ``bool (n, P)``. Only ``patch`` is required by :meth:`PastModel.forward`.
+``pathway_mask`` ``bool (n, P)``. Only ``patch`` is required by :meth:`PastModel.forward`;
+or, from a frozen image encoder's cache (:mod:`pastflow.models.feature_cache`), its features
+``image_features`` ``float (n, d)`` and ``neighbor_features`` ``(n, k, d)`` instead of the
+patches (:meth:`PastModel.encode_features`).
 """
 
 from __future__ import annotations
@@ -136,11 +139,25 @@ class PastModel(nn.Module):
         """Image embedding before normalisation, ``(n, embed_dim)``; with neighbours when the
         model has spatial fusion and they are given."""
         if self.spatial_fusion is None or neighbor_patches is None:
-            return self.image_projection(self.image_encoder(patch))
+            return self.encode_features(self.image_encoder(patch))
         n, k = neighbor_patches.shape[:2]
         # One encoder pass over the cells and their neighbours (batch norm sees them all).
         features = self.image_encoder(torch.cat([patch, neighbor_patches.flatten(0, 1)]))
-        embedded = self.image_projection(features)
+        return self.encode_features(features[:n], features[n:].unflatten(0, (n, k)),
+                                    neighbor_mask)
+
+    def encode_features(self, features: torch.Tensor,
+                        neighbor_features: torch.Tensor | None = None,
+                        neighbor_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Image embedding before normalisation, ``(n, embed_dim)``, from the image encoder's
+        features ``(n, d)`` (and its neighbours' ``(n, k, d)``): the projection, then the
+        spatial fusion when the model has it and neighbours are given. :meth:`encode_image`
+        ends here; training on a frozen encoder's cached features starts here."""
+        if self.spatial_fusion is None or neighbor_features is None:
+            return self.image_projection(features)
+        n, k = neighbor_features.shape[:2]
+        # One projection pass over cells and neighbours: the same dropout draws either way.
+        embedded = self.image_projection(torch.cat([features, neighbor_features.flatten(0, 1)]))
         cell, neighbours = embedded[:n], embedded[n:].unflatten(0, (n, k))
         return self.spatial_fusion(cell, neighbours, neighbor_mask)
 
@@ -155,8 +172,12 @@ class PastModel(nn.Module):
         here (not read in the loss) so that DistributedDataParallel sees them used.
         """
         out = {}
-        h = self.encode_image(batch["patch"], batch.get("neighbor_patches"),
-                              batch.get("neighbor_mask"))
+        if "image_features" in batch:
+            h = self.encode_features(batch["image_features"], batch.get("neighbor_features"),
+                                     batch.get("neighbor_mask"))
+        else:
+            h = self.encode_image(batch["patch"], batch.get("neighbor_patches"),
+                                  batch.get("neighbor_mask"))
         out["image_h"], out["image"] = h, F.normalize(h.float(), dim=-1)
         if self.expression_encoder is not None and "expression" in batch:
             e = self.expression_projection(

@@ -26,6 +26,10 @@
   model, optimizer, scheduler, step, every rank's RNG states, the sampler's position in the
   epoch. Augmentations are seeded by (seed, epoch, cell), so the resumed run's final weights
   equal an uninterrupted run's.
+- A frozen image encoder (no trainable parameter) runs once per cell, not per step: its
+  features are cached under ``out_dir/feature_cache`` and the batches carry them instead of
+  patches, without augmentation (:mod:`pastflow.models.feature_cache`;
+  ``train.cache_frozen_features: false`` turns it off).
 
 - With validation samples (the sheet's ``val`` split, never trained on): the validation loss
   at every regular checkpoint (:mod:`pastflow.models.validation`); the model written is the
@@ -37,7 +41,7 @@ the one of the lowest validation loss), ``model/`` (the final model: ``model.saf
 ``config.json``), ``metrics.tsv`` (one row per step: total loss, each part, learning rate,
 temperature; ``val_loss`` and ``val_<part>`` at the validated steps, empty at the others),
 ``training_curves.png`` and ``pathway_coverage.tsv`` (per sample and gene set: member genes
-measured, kept or not).
+measured, kept or not); with a frozen image encoder, ``feature_cache/``.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from pastflow.models.augment import prepare_images
 from pastflow.models.curves import plot_training_curves
 from pastflow.models.data import ResumableBatchSampler, dataset_from_config, make_loader
 from pastflow.models.device import on_device
+from pastflow.models.feature_cache import cache_frozen_features, encoder_is_frozen
 from pastflow.models.distributed import (DistContext, init_distributed, local_processes,
                                          mean_over_ranks, shutdown_distributed)
 from pastflow.models.model import PastModel
@@ -442,6 +447,12 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
     workers = train.get("num_workers")
     if workers is None:
         workers = default_loader_workers(context.device.type, local_processes())
+    if (run.step < steps and train.get("cache_frozen_features", True)
+            and encoder_is_frozen(model.image_encoder)):
+        # Before the loader forks its workers: they serve the cached features from then on.
+        cache_frozen_features(model, dataset, holdout, config, out_dir, context,
+                              epoch=run.epoch, batches_done=run.batches_done,
+                              steps=steps - run.step, workers=int(workers), progress=progress)
     # One loader for the whole run: its workers persist across epochs (each epoch's
     # augmentation travels with its batches).
     loader = make_loader(dataset, sampler, int(workers), int(config["seed"]),
@@ -451,7 +462,8 @@ def _pretrain(config, samples, validation, out_dir: Path, root: Path, context: D
 
     def prepare(batch: dict) -> dict:
         images = prepare_images(batch, dataset.augmentation, dataset.mean, dataset.std)
-        if bool(train.get("channels_last")) and context.device.type == "cuda":
+        if (bool(train.get("channels_last")) and context.device.type == "cuda"
+                and "patch" in images):  # not a batch of cached features
             images["patch"] = images["patch"].contiguous(memory_format=torch.channels_last)
         return images
 

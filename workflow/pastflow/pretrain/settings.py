@@ -180,6 +180,11 @@ class TrainSettings(Settings):
     num_workers: int | None = setting(None, "patch-reading worker processes per GPU (null = "
                                             "from the job's CPUs on GPUs, 0 on the CPU)",
                                       minimum=0)
+    cache_frozen_features: bool = setting(
+        True, "a frozen image encoder (a foundation model in mode frozen) runs once per cell: "
+              "its features are cached under the output folder (feature_cache/) and the rest "
+              "of the model trains on them, without image augmentation; false: the encoder "
+              "runs on every batch, augmented")
     channels_last: bool = setting(True, "on CUDA, the image encoder's convolutions in "
                                         "channels-last memory layout (faster on tensor cores; "
                                         "same results); no effect on the CPU")
