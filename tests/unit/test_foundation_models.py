@@ -18,7 +18,7 @@ from pastflow.models.compat import import_timm
 from pastflow.models.foundation import (FOUNDATION_MODELS, create_backbone, foundation_model,
                                         load_vendor_state, main)
 from pastflow.models.registry import build_image_encoder, list_encoders
-from test_models_fixtures import cohort  # noqa: F401 (fixture)
+from test_models_fixtures import PATCH_PX, cohort  # noqa: F401 (fixture)
 
 NAMES = list(FOUNDATION_MODELS)
 
@@ -201,6 +201,13 @@ def test_pickled_code_missing_files_and_bad_options_are_refused(tmp_path):
         build_image_encoder("uni", image_px=32, weights=tmp_path / "absent.bin", **twin)
     with pytest.raises(InputError, match=r"'virchow2' needs `weights`.*huggingface\.co/paige-ai"):
         build_image_encoder("virchow2", image_px=224)
+    with pytest.raises(InputError, match="'uni2_h' cuts its input into 14 px tokens: 16 px "
+                                         "crops are not a whole number of them; .* its own "
+                                         "28 px"):
+        build_image_encoder("uni2_h", image_px=16, load_weights=False, **TWINS["uni2_h"])
+    with pytest.raises(InputError, match="'h_optimus_0' takes 28 px crops only"):
+        build_image_encoder("h_optimus_0", image_px=14, load_weights=False,
+                            **TWINS["h_optimus_0"])
     with pytest.raises(InputError, match="mode 'partial' is not one of frozen, lora, full"):
         build_image_encoder("uni", image_px=32, load_weights=False, mode="partial", **twin)
     with pytest.raises(InputError, match="unknown foundation model 'conch_v1_5'; known: uni, "):
@@ -352,6 +359,53 @@ def test_a_lora_twin_goes_through_pretrain_embed_and_predict(cohort, tmp_path):
                 "--table", str(cohort[0].table), "--out", str(predictions)]) == 0
     predicted = ad.read_h5ad(predictions)
     assert predicted.n_obs == 36 and np.isfinite(predicted.X).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_models_twin_in_its_vendor_file_goes_through_pretrain_embed_and_predict(
+        name, cohort, tmp_path):
+    """Each registered model's reduced-size twin, saved as its vendor's file (``.bin``,
+    ``.safetensors``, ``.pth``), frozen: pretraining reads it, the checkpoint alone rebuilds
+    it (the file deleted), and embed and predict run on the demo cohort."""
+    import anndata as ad
+
+    from pastflow.cli import main as cli
+    from pastflow.embed.sample import embed_sample
+    from pastflow.embed.settings import EmbedSettings
+    from pastflow.models.train import pretrain
+    from test_embed import TINY
+
+    # Crops of whole tokens: 14 px for the 14 px-token ViTs, the stores' 16 px otherwise;
+    # a model whose card fixes its input size is built for the crop.
+    spec = foundation_model(name)
+    crop = 14 if name in ("uni2_h", "h_optimus_0", "virchow2") else PATCH_PX
+    twin = dict(TWINS[name])
+    if name in ("h_optimus_0", "prov_gigapath"):
+        twin["img_size"] = crop
+        state = _randomise(create_backbone(spec, **twin), 0).state_dict()
+    else:
+        state, _, _ = twin_with_reference(name)
+    weights = tmp_path / spec.files[0]
+    plain = {k: v.contiguous() for k, v in state.items()}
+    if weights.suffix == ".safetensors":
+        save_file(plain, weights)
+    else:
+        torch.save(plain, weights)
+    config = {**TINY, "data": {"patch_px": crop}, "model": {**TINY["model"], "image": {
+        "name": name, "kwargs": {"weights": str(weights), **twin}}}}
+    out = tmp_path / "pretrained"
+    pretrain(config, [(str(s.store), str(s.table)) for s in cohort], out, progress=False)
+    weights.unlink()
+    table = tmp_path / "s1.h5ad"
+    embed_sample(out / "model", cohort[0].store, table, EmbedSettings(batch_size=16),
+                 table_path=cohort[0].table, sample="s1", progress=False)
+    embedded = ad.read_h5ad(table)
+    assert embedded.obsm["X_image"].shape == (36, 16)
+    assert np.isfinite(embedded.obsm["X_image"]).all() and embedded.obsm["X_image"].std() > 0
+    predictions = tmp_path / "p.h5ad"
+    assert cli(["predict", "--model", str(out / "model"), "--embedding", str(table),
+                "--table", str(cohort[0].table), "--out", str(predictions)]) == 0
+    assert np.isfinite(ad.read_h5ad(predictions).X).all()
 
 
 def test_patches_are_normalised_as_the_image_encoder_was_trained_unless_set():

@@ -328,6 +328,27 @@ def create_backbone(spec: FoundationModel, **overrides) -> nn.Module:
     return ConchVisual(backbone) if spec.pooling == "conch" else backbone
 
 
+def check_input_side(name: str, backbone: nn.Module, image_px: int, own_px: int) -> None:
+    """Refuse crops a ViT cannot take, before timm's assertion deep in a forward pass: not a
+    whole number of its tokens, or another size than the one its card fixes (a model built
+    without ``dynamic_img_size``). CNNs take any size."""
+    vit = getattr(backbone, "trunk", backbone)
+    embed = getattr(vit, "patch_embed", None)
+    if embed is None:
+        return
+    token = int(embed.patch_size[0])
+    fix = ("leave patches.mpp and patches.patch_um unset, and pretrain.data.patch_px null, "
+           "for its own")
+    if image_px % token:
+        raise InputError(None, f"image encoder {name!r} cuts its input into {token} px tokens: "
+                               f"{image_px} px crops are not a whole number of them; {fix} "
+                               f"{own_px} px")
+    if not getattr(vit, "dynamic_img_size", False) and getattr(embed, "strict_img_size", False) \
+            and image_px != own_px:
+        raise InputError(None, f"image encoder {name!r} takes {own_px} px crops only (its card "
+                               f"builds it for that size); got {image_px} px: {fix}")
+
+
 def _shapes(state: dict) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
@@ -459,6 +480,7 @@ def build_foundation_encoder(name: str, image_px: int, weights: str | Path | Non
     if load_weights:
         load_foundation_weights(backbone, spec, weights)
     own_px = int(overrides.get("img_size", spec.image_px))
+    check_input_side(name, backbone, image_px, own_px)
     if image_px != own_px:
         log.warning("%s was trained on %d px tiles at %g um/px; the patches are %d px",
                     name, own_px, spec.mpp, image_px)
