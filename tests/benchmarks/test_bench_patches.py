@@ -388,8 +388,9 @@ def warm_page_cache(path: Path) -> None:
 def test_bench_patches():
     import pandas as pd
 
+    from pastflow.job_cpus import job_cpus
     from pastflow.patches.gallery import save_gallery
-    from pastflow.patches.reader import PatchStore
+    from pastflow.patches.reader import READ_THREADS, PatchStore
     from pastflow.patches.store import default_workers
 
     load_at_start = os.getloadavg()[0]
@@ -507,6 +508,7 @@ def test_bench_patches():
             "writeback_after_build_s), so no writeback overlaps the next measurement",
             "imports": "excluded from all timings",
             "store_decode_threads": default_workers(),
+            "store_read_threads": min(READ_THREADS, job_cpus()),
             "repeats": REPEATS,
             "load_average_1min": [load_at_start, os.getloadavg()[0]],
             "decode_only_threads": 1,

@@ -4,7 +4,8 @@
 - :class:`PatchStore` (``reader.py``): random access to any cell's patch, for training loaders;
   :func:`export_patches` / :func:`export_patches_h5` for the literal ``[n, 3, h, w]`` layout;
 - :func:`save_gallery` (``gallery.py``): a figure of sampled patches to check centring;
-- ``planar_writer.py``: writes the store image band by band in a background thread;
+- ``planar_writer.py``: writes the store image band by band in a background thread (with
+  ``O_DIRECT`` where the file system allows);
 - ``tissue.py``: the tissue mask behind the ``in_tissue`` flag; ``resample.py``: seamless
   strip-wise resampling; ``cli.py``: ``pastflow patches``.
 """

@@ -34,8 +34,8 @@ class PatchesSettings(Settings):
                                            "cells are cut at patch_um", minimum=0)
     context_um: float = setting(0.0, "side of an optional larger context patch in microns "
                                      "(0 = none)", minimum=0)
-    workers: int | None = setting(None, "threads decoding slide tiles (null = up to 4)",
-                                  minimum=1)
+    workers: int | None = setting(None, "threads decoding slide tiles (null = one per CPU of "
+                                        "the job but one, at most 4)", minimum=1)
 
     def check(self, fail) -> None:
         # Each length is checked in pixels at the store's resolution, where a patch is cut.

@@ -24,11 +24,11 @@ MAX_SPECK_UM2 = 50.0 * 50.0
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation ``(max - min) / max`` of ``uint8 (h, w, 3)``: ``float32 (h, w)``, 0..1."""
-    rgb = rgb.astype(np.float32)
-    top = rgb.max(axis=-1)
-    return np.where(top > 0, (top - rgb.min(axis=-1)) / np.maximum(top, 1.0), 0.0).astype(
-        np.float32
-    )
+    # Channel by channel: numpy's reductions over a last axis of 3 are 10x slower.
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top = np.maximum(np.maximum(red, green), blue)
+    spread = (top - np.minimum(np.minimum(red, green), blue)).astype(np.float32)
+    return spread / np.maximum(top, 1).astype(np.float32)  # 0 where top is 0
 
 
 def tissue_mask(thumbnail: np.ndarray, thumbnail_mpp: float) -> np.ndarray:
