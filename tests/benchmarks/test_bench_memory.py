@@ -51,7 +51,8 @@ sys.exit(code)
 def run_stage(argv: list[str], log: Path) -> dict:
     """Run ``pastflow ARGV`` in a fresh interpreter, output to ``log``.
 
-    Returns ``{seconds, peak_rss_mb (VmHWM), ru_maxrss_mb (wait4)}``.
+    Returns ``{seconds, peak_rss_mb (VmHWM), ru_maxrss_mb (wait4), cpu_s (its user + system
+    seconds, all threads, from wait4)}``.
     """
     start = time.perf_counter()
     with open(log, "w") as out:
@@ -65,7 +66,8 @@ def run_stage(argv: list[str], log: Path) -> dict:
         raise RuntimeError(f"pastflow {argv[0]} failed ({process.returncode}):\n{text[-4000:]}")
     peak_kb = next(int(line.split()[1]) for line in text.splitlines() if line.startswith("PEAK_KB"))
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_kb / 1024, 1),
-            "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1), "log": text}
+            "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "log": text}
 
 
 @pytest.mark.slow

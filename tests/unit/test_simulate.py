@@ -374,6 +374,43 @@ def test_xenium_label_expansion_by_blocks_matches_the_whole_image(monkeypatch):
     assert (blocks[nuclei > 0] == nuclei[nuclei > 0]).all() and not blocks[:, 1000:].any()
 
 
+def test_xenium_whole_slide_paths_keep_labels_and_transcripts(tmp_path, monkeypatch):
+    """Past their thresholds (tiny here) the label images live in an unlinked scratch file and
+    the transcripts are written in runs of cells: the same labels, and the transcripts are
+    still the counts, inside their cells, with unique consecutive ids."""
+    import pyarrow.parquet as pq
+
+    import pastflow.simulate.xenium as xenium
+
+    slide = simulate_slide("S_scale", PATIENT, 300, seed=5)
+    in_memory = xenium._label_masks(slide, scratch=tmp_path)
+    monkeypatch.setattr(xenium, "LABELS_IN_MEMORY_BYTES", 0)
+    paged = xenium._label_masks(slide, scratch=tmp_path)
+    assert isinstance(paged[0], np.memmap) and isinstance(paged[1], np.memmap)
+    assert not isinstance(in_memory[0], np.memmap)
+    for a, b in zip(in_memory, paged):
+        np.testing.assert_array_equal(a, b)
+    assert not list(tmp_path.iterdir())  # nothing left behind
+
+    counts = slide.counts(LIBRARY_SIZE["xenium"], 0.1)
+    monkeypatch.setattr(xenium, "TRANSCRIPT_CHUNK", int(counts.sum()) // 4)
+    path = tmp_path / "transcripts.parquet"
+    rows, nuclear = xenium._write_transcripts(path, slide, counts, slide.expression.genes, *paged)
+    assert pq.ParquetFile(path).metadata.num_row_groups >= 4
+    tx = pd.read_parquet(path)
+    assert len(tx) == rows and (np.diff(tx["transcript_id"].to_numpy().astype(np.int64)) == 1).all()
+    cells = tx[tx["cell_id"] != "UNASSIGNED"]
+    per_cell = cells["cell_id"].value_counts().reindex(slide.cells["cell_id"], fill_value=0)
+    np.testing.assert_array_equal(per_cell.to_numpy(), np.asarray(counts.sum(axis=1)).ravel())
+    assert nuclear.sum() == cells["overlaps_nucleus"].sum() > 0
+    row = pd.Series(np.arange(len(slide.cells)), index=slide.cells["cell_id"])[cells["cell_id"]]
+    ii, jj = (np.rint(cells[f"{axis}_location"].to_numpy() / xenium.PIXEL_SIZE).astype(int)
+              for axis in "yx")
+    h, w = paged[1].shape
+    label = paged[1][np.clip(ii, 0, h - 1), np.clip(jj, 0, w - 1)]
+    assert (label == row.to_numpy() + 1).mean() > 0.95  # inside their own cell
+
+
 def test_xenium_dapi_tiles_blur_seamlessly():
     from scipy import ndimage
 

@@ -55,6 +55,12 @@ DAPI_BY_KIND = {"tumour": 900, "fibroblast": 1400, "t_cell": 2200, "b_cell": 200
                 "macrophage": 1200, "endothelial": 1400, "tumour_proliferating": 1900}
 DAPI_BLUR_PX = 1.2  # optical blur of the DAPI image
 EXPAND_BLOCK = 512  # px (even): label expansion runs block by block, skipping blocks of bare glass
+# A whole slide's label images do not fit in memory (two of 12 GB at 500,000 cells): larger ones
+# live in an unlinked scratch file that the kernel pages in and out (same values either way).
+LABELS_IN_MEMORY_BYTES = 1 << 30
+# Transcripts are made and written about this many at a time (a 500,000-cell slide has ~100
+# million); a slide with fewer is one pass, as it always was.
+TRANSCRIPT_CHUNK = 10_000_000
 
 
 def alignment_matrix(slide: SimulatedSlide) -> np.ndarray:
@@ -62,8 +68,18 @@ def alignment_matrix(slide: SimulatedSlide) -> np.ndarray:
     return np.diag([1 / PIXEL_SIZE, 1 / PIXEL_SIZE, 1.0]) @ slide.geometry.px_to_um
 
 
-def _label_masks(slide: SimulatedSlide) -> tuple[np.ndarray, np.ndarray]:
-    """Nucleus and cell label images at :data:`PIXEL_SIZE` (label ``i + 1`` = cell row ``i``).
+def _zeros_labels(shape: tuple[int, int], scratch: Path | None) -> np.ndarray:
+    """A zeroed uint32 label image: in memory, or past :data:`LABELS_IN_MEMORY_BYTES` (and
+    given a ``scratch`` folder) mapped from an unlinked sparse file there."""
+    if scratch is None or shape[0] * shape[1] * 4 <= LABELS_IN_MEMORY_BYTES:
+        return np.zeros(shape, dtype=np.uint32)  # calloc: pages never written cost nothing
+    with tempfile.TemporaryFile(dir=scratch) as backing:  # the mapping keeps it alive
+        return np.memmap(backing, dtype=np.uint32, mode="w+", shape=shape)
+
+
+def _label_masks(slide: SimulatedSlide, scratch: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus and cell label images at :data:`PIXEL_SIZE` (label ``i + 1`` = cell row ``i``),
+    whole-slide ones file-backed in ``scratch`` (:func:`_zeros_labels`).
 
     Nuclei are stamped from one raster per bank shape (placed to the nearest pixel); cells are
     the nuclei expanded by :data:`EXPANSION_UM`, each pixel going to the nearest nucleus
@@ -71,7 +87,7 @@ def _label_masks(slide: SimulatedSlide) -> tuple[np.ndarray, np.ndarray]:
     """
     h = int(np.ceil(slide.height_um / PIXEL_SIZE))
     w = int(np.ceil(slide.width_um / PIXEL_SIZE))
-    nuclei = np.zeros((h, w), dtype=np.uint32)
+    nuclei = _zeros_labels((h, w), scratch)
     bank = slide.bank
     stamps = {}
     cells = slide.cells
@@ -90,17 +106,18 @@ def _label_masks(slide: SimulatedSlide) -> tuple[np.ndarray, np.ndarray]:
             continue
         view = nuclei[a:b, c:d]
         view[inside[a - r0 + rad:b - r0 + rad, c - c0 + rad:d - c0 + rad]] = i + 1
-    return nuclei, _expand_labels(nuclei, EXPANSION_UM / PIXEL_SIZE)
+    return nuclei, _expand_labels(nuclei, EXPANSION_UM / PIXEL_SIZE, _zeros_labels((h, w), scratch))
 
 
-def _expand_labels(nuclei: np.ndarray, distance_px: float) -> np.ndarray:
+def _expand_labels(nuclei: np.ndarray, distance_px: float, out: np.ndarray | None = None) -> np.ndarray:
     """Cell labels: ``nuclei`` expanded by ``distance_px``, each pixel to the nearest nucleus.
 
     Block by block: a pixel's label comes from within ``distance_px``, so a block needs only
     that much halo (same result as the whole image, up to ties) and blocks with no nucleus
     within reach stay background untouched (glass, e.g. between TMA cores, costs nothing).
     """
-    out = np.zeros(nuclei.shape, dtype=nuclei.dtype)  # calloc: pages never written cost nothing
+    if out is None:  # (zeroed, like nuclei)
+        out = np.zeros(nuclei.shape, dtype=nuclei.dtype)  # calloc: pages never written cost nothing
     h, w = nuclei.shape
     halo = 2 * (int(np.ceil(distance_px / 2)) + 1)  # even: blocks sit on the coarse grid below
     for y0 in range(0, h, EXPAND_BLOCK):
@@ -135,14 +152,17 @@ def _cell_polygons(slide: SimulatedSlide, cells_mask: np.ndarray, n_vertices: in
     cy_all = slide.cells["y_um"].to_numpy()
     h, w = cells_mask.shape
     radius = np.empty((n, n_vertices))
+    # Cells from top to bottom: a chunk reads one band of the label image (a whole slide's is
+    # paged from disk, :func:`_zeros_labels`); each cell's outline is its own either way.
+    order = np.argsort(cy_all, kind="stable")
     for s in range(0, n, chunk):  # chunks of cells bound the (cells, rays, steps) temporaries
-        e = min(s + chunk, n)
-        jj = np.clip(np.rint((cx_all[s:e, None, None] + ray_x) / PIXEL_SIZE).astype(np.int64), 0, w - 1)
-        ii = np.clip(np.rint((cy_all[s:e, None, None] + ray_y) / PIXEL_SIZE).astype(np.int64), 0, h - 1)
-        inside = cells_mask[ii, jj] == np.arange(s + 1, e + 1)[:, None, None]
+        rows = order[s:s + chunk]
+        jj = np.clip(np.rint((cx_all[rows, None, None] + ray_x) / PIXEL_SIZE).astype(np.int64), 0, w - 1)
+        ii = np.clip(np.rint((cy_all[rows, None, None] + ray_y) / PIXEL_SIZE).astype(np.int64), 0, h - 1)
+        inside = cells_mask[ii, jj] == (rows + 1)[:, None, None]
         # Last step before the ray first leaves the region.
         first_out = np.where(inside.all(axis=2), steps.size, np.argmin(inside, axis=2))
-        radius[s:e] = steps[np.maximum(first_out - 1, 0)] + PIXEL_SIZE / 2
+        radius[rows] = steps[np.maximum(first_out - 1, 0)] + PIXEL_SIZE / 2
     x = cx_all[:, None] + radius * np.cos(angles)
     y = cy_all[:, None] + radius * np.sin(angles)
     polys = np.stack([x, y], axis=2)
@@ -168,15 +188,55 @@ def _boundaries_table(cell_ids: np.ndarray, polygons: list[np.ndarray]) -> pa.Ta
     })
 
 
+def _write_transcripts(path: Path, slide: SimulatedSlide, counts: sparse.csr_matrix,
+                       genes: list[str], nuclei: np.ndarray, cells_mask: np.ndarray) -> tuple[int, np.ndarray]:
+    """``transcripts.parquet``; past :data:`TRANSCRIPT_CHUNK` transcripts, from runs of cells
+    holding about that many each, top to bottom (one random stream through them; rows grouped
+    by band, as Xenium's are by field of view), so that memory stays bounded and each run reads
+    one band of the label images. Returns the row count and per-cell ``overlaps_nucleus``
+    totals."""
+    per_cell = np.asarray(counts.sum(axis=1)).ravel().astype(np.int64)
+    if per_cell.sum() <= TRANSCRIPT_CHUNK:  # one pass, one table
+        table, nuclear = _transcripts(slide, counts, genes, nuclei, cells_mask)
+        pq.write_table(table, path, compression="zstd")
+        return table.num_rows, nuclear
+    rng = slide.rng("transcripts")
+    order = np.argsort(slide.cells["y_um"].to_numpy(), kind="stable")
+    run = np.cumsum(per_cell[order]) // TRANSCRIPT_CHUNK  # each cell's run
+    edges = [0, *np.flatnonzero(np.diff(run)) + 1, len(per_cell)]
+    nuclear, rows = np.zeros(len(per_cell)), 0
+    with pq.ParquetWriter(path, _TRANSCRIPT_SCHEMA, compression="zstd") as writer:
+        for start, stop in zip(edges[:-1], edges[1:]):
+            cells = order[start:stop]
+            table, part = _transcripts(slide, counts[cells], genes, nuclei, cells_mask,
+                                       rng=rng, cells=cells, first_row=rows)
+            writer.write_table(table.cast(_TRANSCRIPT_SCHEMA))
+            nuclear += part
+            rows += table.num_rows
+    return rows, nuclear
+
+
+_TRANSCRIPT_SCHEMA = pa.schema([
+    ("transcript_id", pa.uint64()), ("cell_id", pa.string()), ("overlaps_nucleus", pa.uint8()),
+    ("feature_name", pa.string()), ("x_location", pa.float32()), ("y_location", pa.float32()),
+    ("z_location", pa.float32()), ("qv", pa.float32()), ("fov_name", pa.string()),
+    ("nucleus_distance", pa.float32()), ("codeword_index", pa.int32())])
+
+
 def _transcripts(slide: SimulatedSlide, counts: sparse.csr_matrix, genes: list[str],
-                 nuclei: np.ndarray, cells_mask: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+                 nuclei: np.ndarray, cells_mask: np.ndarray, *, rng: np.random.Generator | None = None,
+                 cells: np.ndarray | None = None, first_row: int = 0) -> tuple[pa.Table, np.ndarray]:
     """One row per count, placed inside its cell, plus unassigned low-quality background.
 
-    Returns the table and per-cell ``overlaps_nucleus`` totals.
+    ``counts``: rows of the slide's cells ``cells`` (default: all); ``first_row``: transcripts
+    made before (ids go on from there). Returns the table and per-cell ``overlaps_nucleus``
+    totals (all cells of the slide).
     """
-    rng = slide.rng("transcripts")
+    rng = slide.rng("transcripts") if rng is None else rng
     coo = counts.tocoo()
     cell = np.repeat(coo.row, coo.data).astype(np.int64)
+    if cells is not None:
+        cell = cells[cell]
     gene = np.repeat(coo.col, coo.data).astype(np.int64)
     n = cell.size
     cx = slide.cells["x_um"].to_numpy()[cell]
@@ -210,7 +270,8 @@ def _transcripts(slide: SimulatedSlide, counts: sparse.csr_matrix, genes: list[s
     bqv = np.where(rng.random(nb) < 0.33, rng.uniform(5, 19.9, nb), np.minimum(20 + rng.exponential(8, nb), 40))
     ids = slide.cells["cell_id"].to_numpy()
     table = pa.table({
-        "transcript_id": np.arange(1, n + nb + 1, dtype=np.uint64) + np.uint64(281474976710656),
+        "transcript_id": np.arange(first_row + 1, first_row + n + nb + 1, dtype=np.uint64)
+        + np.uint64(281474976710656),
         "cell_id": np.concatenate([ids[cell], np.full(nb, "UNASSIGNED")]),
         "overlaps_nucleus": np.concatenate([overlaps, np.zeros(nb, np.uint8)]),
         "feature_name": np.asarray(genes, dtype=object)[np.concatenate([gene, bgene])],
@@ -316,7 +377,7 @@ def write_xenium(out_dir: Path, slide: SimulatedSlide, counts: sparse.csr_matrix
     ids = cells["cell_id"].to_numpy().astype(str)
     rng = slide.rng("xenium")
 
-    nuclei, cells_mask = _label_masks(slide)
+    nuclei, cells_mask = _label_masks(slide, scratch=out_dir)
     nucleus_polys = [slide.bank.polygon(int(s), 24) + [x, y]
                      for x, y, s in zip(cells["x_um"], cells["y_um"], cells["shape"])]
     nucleus_polys = [np.vstack([p, p[:1]]) for p in nucleus_polys]
@@ -334,8 +395,8 @@ def write_xenium(out_dir: Path, slide: SimulatedSlide, counts: sparse.csr_matrix
         feature_types=[GENE_EXPRESSION] * len(genes) + ["Negative Control Probe"] * N_NEG_PROBES,
         library_id=slide.sample, chemistry="Xenium", software_version=XOA_VERSION)
 
-    transcripts, nuclear_counts = _transcripts(slide, counts, genes, nuclei, cells_mask)
-    pq.write_table(transcripts, out_dir / "transcripts.parquet", compression="zstd")
+    n_transcripts, nuclear_counts = _write_transcripts(out_dir / "transcripts.parquet", slide, counts,
+                                                       genes, nuclei, cells_mask)
 
     tx_counts = np.asarray(counts.sum(axis=1)).ravel().astype(np.int64)
     neg_counts = np.asarray(neg.sum(axis=1)).ravel().astype(np.int64)
@@ -390,7 +451,7 @@ def write_xenium(out_dir: Path, slide: SimulatedSlide, counts: sparse.csr_matrix
     write_pyramid(out_dir / "he.ome.tif", slide.renderer(), slide.geometry.mpp, layout="ome",
                   progress=progress)
     np.savetxt(out_dir / "he_imagealignment.csv", alignment_matrix(slide), delimiter=",", fmt="%.10g")
-    log.info("wrote Xenium bundle %s: %d cells, %d transcripts", out_dir, n, transcripts.num_rows)
+    log.info("wrote Xenium bundle %s: %d cells, %d transcripts", out_dir, n, n_transcripts)
     rel = out_dir.name
     return {"data": rel, "image": f"{rel}/he.ome.tif", "alignment": f"{rel}/he_imagealignment.csv"}, {}
 

@@ -60,15 +60,21 @@ def hscore_table(levels: pd.DataFrame, regions: np.ndarray | None, *, sample: st
     with ``source`` and ``cells`` (which cells were scored: ``all`` or ``measured``) as given.
     """
     rows = []
-    groups: list[tuple[str, np.ndarray]] = [(SLIDE, np.ones(len(levels), bool))]
+    groups: list[tuple[str, np.ndarray]] = [(SLIDE, np.arange(len(levels)))]
     if regions is not None:
         regions = np.asarray(regions, dtype=object)
-        names, counts = np.unique(regions[pd.notna(regions) & (regions != "")].astype(str),
-                                  return_counts=True)
-        groups += [(name, regions == name) for name, n in zip(names, counts) if n >= min_cells]
+        named = pd.notna(regions) & (regions != "")
+        names, inverse, counts = np.unique(regions[named].astype(str), return_inverse=True,
+                                           return_counts=True)
+        # Each region's cells (ascending) from one sort: comparing every cell with every
+        # region name grows with cells x regions, and a whole slide has thousands of regions.
+        members = np.split(np.flatnonzero(named)[np.argsort(inverse, kind="stable")],
+                           np.cumsum(counts)[:-1])
+        groups += [(name, rows) for name, rows, n in zip(names, members, counts)
+                   if n >= min_cells]
     for marker in levels.columns:
         values = levels[marker].to_numpy()
-        for region, mask in groups:
+        for region, members in groups:
             rows.append({"sample": sample, "marker": marker, "region": region, "source": source,
-                         "cells": cells, **level_percentages(values[mask])})
+                         "cells": cells, **level_percentages(values[members])})
     return pd.DataFrame(rows, columns=list(HSCORE_COLUMNS))
