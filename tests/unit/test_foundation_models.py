@@ -317,13 +317,32 @@ def test_the_table_command_prints_every_model_with_computed_sizes(capsys):
     assert rows["uni"][1:5] == ["vit_large_patch16_224", "224", "0.5", "112.0"]
 
 
+def embed_and_predict(model_dir, sample, tmp_path) -> None:
+    """Embed ``sample`` with the checkpoint and predict its expression: finite, non-constant
+    image embeddings of its 36 cells, finite predictions."""
+    import anndata as ad
+
+    from pastflow.cli import main as cli
+    from pastflow.embed.sample import embed_sample
+    from pastflow.embed.settings import EmbedSettings
+
+    table = tmp_path / f"{sample.name}.h5ad"
+    embed_sample(model_dir, sample.store, table, EmbedSettings(batch_size=16),
+                 table_path=sample.table, sample=sample.name, progress=False)
+    embedded = ad.read_h5ad(table)
+    assert embedded.obsm["X_image"].shape == (36, 16)
+    assert np.isfinite(embedded.obsm["X_image"]).all() and embedded.obsm["X_image"].std() > 0
+    predictions = tmp_path / "p.h5ad"
+    assert cli(["predict", "--model", str(model_dir), "--embedding", str(table),
+                "--table", str(sample.table), "--out", str(predictions)]) == 0
+    predicted = ad.read_h5ad(predictions)
+    assert predicted.n_obs == 36 and np.isfinite(predicted.X).all()
+
+
 def test_a_lora_twin_goes_through_pretrain_embed_and_predict(cohort, tmp_path):
     """UNI's twin (16 px input, 8 px tokens) on the demo cohort: the checkpoint rebuilds it
     without the vendor file, the frozen base weights stay the vendor's, only the adapters and
     heads move, and embed / predict read the checkpoint."""
-    from pastflow.cli import main as cli
-    from pastflow.embed.sample import embed_sample
-    from pastflow.embed.settings import EmbedSettings
     from pastflow.models.checkpoint import load_checkpoint
     from pastflow.models.train import pretrain
     from test_embed import TINY
@@ -346,19 +365,7 @@ def test_a_lora_twin_goes_through_pretrain_embed_and_predict(cohort, tmp_path):
     assert all(torch.equal(base[n], v) for n, v in reference.state_dict().items())
     assert any(p.abs().sum() > 0 for n, p in encoder.named_parameters() if "lora_B" in n)
 
-    table = tmp_path / "s1.h5ad"
-    embed_sample(out / "model", cohort[0].store, table, EmbedSettings(batch_size=7),
-                 table_path=cohort[0].table, sample="s1", progress=False)
-    import anndata as ad
-
-    embedded = ad.read_h5ad(table)
-    assert embedded.obsm["X_image"].shape == (36, 16)
-    assert np.isfinite(embedded.obsm["X_image"]).all() and embedded.obsm["X_image"].std() > 0
-    predictions = tmp_path / "p.h5ad"
-    assert cli(["predict", "--model", str(out / "model"), "--embedding", str(table),
-                "--table", str(cohort[0].table), "--out", str(predictions)]) == 0
-    predicted = ad.read_h5ad(predictions)
-    assert predicted.n_obs == 36 and np.isfinite(predicted.X).all()
+    embed_and_predict(out / "model", cohort[0], tmp_path)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -367,11 +374,6 @@ def test_every_models_twin_in_its_vendor_file_goes_through_pretrain_embed_and_pr
     """Each registered model's reduced-size twin, saved as its vendor's file (``.bin``,
     ``.safetensors``, ``.pth``), frozen: pretraining reads it, the checkpoint alone rebuilds
     it (the file deleted), and embed and predict run on the demo cohort."""
-    import anndata as ad
-
-    from pastflow.cli import main as cli
-    from pastflow.embed.sample import embed_sample
-    from pastflow.embed.settings import EmbedSettings
     from pastflow.models.train import pretrain
     from test_embed import TINY
 
@@ -396,16 +398,7 @@ def test_every_models_twin_in_its_vendor_file_goes_through_pretrain_embed_and_pr
     out = tmp_path / "pretrained"
     pretrain(config, [(str(s.store), str(s.table)) for s in cohort], out, progress=False)
     weights.unlink()
-    table = tmp_path / "s1.h5ad"
-    embed_sample(out / "model", cohort[0].store, table, EmbedSettings(batch_size=16),
-                 table_path=cohort[0].table, sample="s1", progress=False)
-    embedded = ad.read_h5ad(table)
-    assert embedded.obsm["X_image"].shape == (36, 16)
-    assert np.isfinite(embedded.obsm["X_image"]).all() and embedded.obsm["X_image"].std() > 0
-    predictions = tmp_path / "p.h5ad"
-    assert cli(["predict", "--model", str(out / "model"), "--embedding", str(table),
-                "--table", str(cohort[0].table), "--out", str(predictions)]) == 0
-    assert np.isfinite(ad.read_h5ad(predictions).X).all()
+    embed_and_predict(out / "model", cohort[0], tmp_path)
 
 
 def test_patches_are_normalised_as_the_image_encoder_was_trained_unless_set():

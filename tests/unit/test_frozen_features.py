@@ -24,7 +24,7 @@ from pastflow.models.checkpoint import load_checkpoint
 from pastflow.models.feature_cache import CACHE_DIR
 from pastflow.models.foundation import FoundationEncoder, create_backbone, foundation_model
 from test_models_fixtures import cohort  # noqa: F401 (fixture)
-from test_models_train import pretrain_in_one_thread, samples_of, subprocess_env
+from test_models_train import DDP_DRIVER, pretrain_in_one_thread, samples_of, subprocess_env
 
 TWIN = dict(img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2)
 STEPS, BATCH, CELLS = 12, 8, 36  # 36 cells a sample: 4 batches an epoch, 3 epochs
@@ -180,20 +180,6 @@ def test_pretrain_embed_and_predict_from_a_cached_run(runs, cohort, tmp_path):
                 "--table", str(cohort[0].table), "--out", str(predictions)]) == 0
     predicted = ad.read_h5ad(predictions)
     assert predicted.n_obs == CELLS and np.isfinite(predicted.X).all()
-
-
-DDP_DRIVER = """
-import json, logging, os, sys
-from pathlib import Path
-from safetensors.torch import save_file
-from pastflow.models.train import pretrain
-
-logging.basicConfig(level=logging.INFO)
-config, samples, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
-result = pretrain(config, samples, out, progress=False)
-state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
-save_file(state, str(out / f"rank{os.environ['RANK']}.safetensors"))
-"""
 
 
 @pytest.mark.slow  # torchrun with two gloo ranks (~15 s)
