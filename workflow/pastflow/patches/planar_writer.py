@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALIGN = 4096  # O_DIRECT wants offsets, lengths and memory in multiples of the block size
-STAGING_BYTES = 8 << 20  # per plane: one direct write
+STAGING_BYTES = 8 << 20  # per plane at most: one direct write
 CHUNK_BYTES = 1 << 20  # band rows copied per step, so that they stay in cache for all 3 planes
 
 
@@ -49,7 +49,9 @@ class PlanarImageWriter:
         width, height = geometry.padded_size
         self._image_w, self._image_h = geometry.image_size
         self._offset, self._nbytes = offset, 3 * width * height
-        capacity = -(-max(STAGING_BYTES, 2 * width + ALIGN) // ALIGN) * ALIGN
+        # At most an eighth of a plane: a small slide's build keeps its memory small too.
+        staging = min(STAGING_BYTES, width * height // 8)
+        capacity = -(-max(staging, 2 * width + ALIGN) // ALIGN) * ALIGN
         self._planes = [
             _Plane(offset + c * width * height, offset + (c + 1) * width * height, width,
                    capacity, self)
